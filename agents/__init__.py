@@ -1,0 +1,1 @@
+"""Agents by name: a plain table of (config class, agent class)."""

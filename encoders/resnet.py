@@ -1,0 +1,145 @@
+"""`ResNetEncoder`: a torchvision ResNet body mapping images in [0, 1] to feature vectors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models
+
+from encoders.config import EncoderConfig
+from encoders.freezing import freeze, frozen_modules
+from encoders.weights import resolve_body_state
+
+_BUILDERS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SpatialSoftmax(nn.Module):
+    """robomimic-style keypoints: softmax over space, expected (x, y) per keypoint."""
+
+    def __init__(self, in_channels: int, num_keypoints: int) -> None:
+        super().__init__()
+        self.keypoints = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        self.out_dim = 2 * num_keypoints
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W feature map -> B x 2K keypoint coordinates in [-1, 1]."""
+        logits = self.keypoints(features)
+        b, k, h, w = logits.shape
+        attention = logits.flatten(2).softmax(dim=-1).view(b, k, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=features.device, dtype=attention.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=features.device, dtype=attention.dtype)
+        x = (attention.sum(dim=2) * xs).sum(dim=-1)
+        y = (attention.sum(dim=3) * ys).sum(dim=-1)
+        return torch.stack([x, y], dim=-1).flatten(1)
+
+
+class ResNetEncoder(nn.Module):
+    """Images B x C x H x W (float, [0, 1]) -> B x out_dim features.
+
+    `.backbone` is the torchvision body without its fc layer. With pretrained weights the
+    input is normalised with the ImageNet statistics; 1-channel input uses their mean over
+    RGB for both adapters, which is what makes `1ch_conv` compute exactly `repeat3` at init.
+    """
+
+    def __init__(self, cfg: EncoderConfig, in_channels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.in_channels = in_channels
+        self._check_channels(cfg.input_adapter, in_channels)
+
+        body = _BUILDERS[cfg.arch](weights=None)
+        del body.fc  # the body ends at the pooled features; no dead classifier parameters
+        state, self.weights_source = resolve_body_state(cfg.arch, cfg.weights)
+        if state is not None:
+            body.load_state_dict(_fit_conv1(state, body), strict=False)
+            _check_complete(body, state, self.weights_source)
+        self.pretrained = state is not None
+        if cfg.input_adapter == "1ch_conv":
+            body.conv1 = _one_channel_conv1(body.conv1)
+        self.backbone = body
+
+        if self.pretrained:
+            mean = torch.tensor(_IMAGENET_MEAN)
+            std = torch.tensor(_IMAGENET_STD)
+            if in_channels == 1:
+                mean, std = mean.mean().reshape(1), std.mean().reshape(1)
+        else:
+            mean, std = torch.full((in_channels,), 0.5), torch.full((in_channels,), 0.5)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+        body_dim = 2048 if cfg.arch == "resnet50" else 512
+        self.pool: nn.Module
+        if cfg.pooling == "spatial_softmax":
+            self.pool = SpatialSoftmax(body_dim, cfg.num_keypoints)
+            self.out_dim = self.pool.out_dim
+        else:
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.out_dim = body_dim
+
+        self.pinned_batchnorms = freeze(frozen_modules(body, cfg.freeze_mode))
+
+    @property
+    def is_frozen(self) -> bool:
+        """True when the whole body is frozen (its output depends on the input alone)."""
+        return self.cfg.freeze_mode == "all"
+
+    @staticmethod
+    def _check_channels(adapter: str, in_channels: int) -> None:
+        needed = {"repeat3": 1, "1ch_conv": 1, "none": 3}[adapter]
+        if in_channels != needed:
+            hint = "input_adapter=none" if in_channels == 3 else "input_adapter=repeat3 or 1ch_conv"
+            raise ValueError(
+                f"input_adapter={adapter} expects {needed}-channel images but the observation "
+                f"has {in_channels} channel(s); use {hint}"
+            )
+
+    def train(self, mode: bool = True) -> ResNetEncoder:
+        """Switch modes, keeping every frozen BatchNorm in eval mode."""
+        super().train(mode)
+        for layer in self.pinned_batchnorms:
+            layer.eval()
+        return self
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The body's last feature map, B x C' x H/32 x W/32."""
+        x = (images - self.mean) / self.std
+        if self.cfg.input_adapter == "repeat3":
+            x = x.expand(-1, 3, -1, -1)
+        body = self.backbone
+        x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+        return body.layer4(body.layer3(body.layer2(body.layer1(x))))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W in [0, 1] -> B x out_dim."""
+        return self.pool(self.feature_map(images))
+
+
+def _fit_conv1(state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:
+    """Source conv1 of 1 input channel into a 3-channel body: repeat it / 3 (sum preserved)."""
+    weight = state.get("conv1.weight")
+    if weight is not None and weight.shape[1] == 1 and body.conv1.weight.shape[1] == 3:
+        state = {**state, "conv1.weight": weight.repeat(1, 3, 1, 1) / 3}
+    return state
+
+
+def _one_channel_conv1(conv: nn.Conv2d) -> nn.Conv2d:
+    """conv1 for 1-channel input whose filters are the RGB filters summed over channels.
+
+    For a grey image g, the RGB conv applied to (g, g, g) is sum_c W_c * g = (sum_c W_c) * g:
+    the same output at a third of the multiply-adds. A random new conv1 (the reference
+    design) throws the pretrained first layer away, and freezing it keeps it random.
+    """
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+    return new
+
+
+def _check_complete(body: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Every body tensor must come from the source, or the "pretrained" body is partly random."""
+    missing = [k for k in body.state_dict() if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"weights from {source} lack {len(missing)} body tensors, e.g. {missing[0]}")

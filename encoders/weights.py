@@ -1,0 +1,110 @@
+"""Where a ResNet body's initial weights come from: ImageNet, random, or a file.
+
+ImageNet weights go through torchvision's weights API, which reads the torch hub cache
+(`$TORCH_HOME/hub/checkpoints/`) and downloads only when the file is not there. These
+machines have no network, so a missing file must produce an error that says which file
+was expected and what else the user can do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.hub
+from torchvision import models
+
+_IMAGENET_WEIGHTS = {
+    "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": models.ResNet50_Weights.IMAGENET1K_V2,
+}
+
+
+class ImageNetWeightsUnavailable(RuntimeError):
+    """The ImageNet file is neither cached nor downloadable."""
+
+
+def imagenet_cache_file(arch: str) -> Path:
+    """The file torchvision looks for in the torch hub cache for this architecture."""
+    url = _IMAGENET_WEIGHTS[arch].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights through torchvision's API, or one clear error when unobtainable."""
+    try:
+        return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False)
+    except Exception as err:  # URLError, socket errors, HTTP errors, truncated files
+        expected = imagenet_cache_file(arch)
+        raise ImageNetWeightsUnavailable(
+            f"ImageNet weights for {arch} are not in the torch hub cache and could not be "
+            f"downloaded ({type(err).__name__}: {err}). Expected file: {expected}. Remedies: "
+            f"copy that file there (or set TORCH_HOME to a cache that has it), or use "
+            f"weights=auto (random init with a warning), weights=random, or weights=PATH."
+        ) from None
+
+
+def resolve_body_state(arch: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The state dict to load into the body (None = keep random init) and where it came from."""
+    if weights == "random":
+        return None, "random"
+    if weights == "imagenet":
+        return load_imagenet_state(arch), "imagenet"
+    if weights == "auto":
+        try:
+            return load_imagenet_state(arch), "imagenet"
+        except ImageNetWeightsUnavailable as err:
+            message = f"weights=auto fell back to RANDOM init for {arch}: {err}"
+            warnings.warn(message, stacklevel=3)
+            print(f"\n!!! WARNING: {message}\n", flush=True)
+            return None, f"random (imagenet unavailable; expected {imagenet_cache_file(arch)})"
+    return load_state_from_path(weights), f"file:{weights}"
+
+
+def load_state_from_path(spec: str) -> dict[str, torch.Tensor]:
+    """A body state dict from a file: a torchvision state dict or one of our checkpoints.
+
+    `PATH::PREFIX` picks the body whose keys start with PREFIX (for a checkpoint that holds
+    several encoders, e.g. `run/ckpt.pt::actor.encoder.backbone.`).
+    """
+    path_str, _, prefix = spec.partition("::")
+    path = Path(path_str)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {path} does not exist; give weights=auto|imagenet|random or a path "
+            f"to a state dict or checkpoint"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot load weights from {path} with weights_only=True ({type(err).__name__}); "
+            f"it must hold tensors only (a state dict or one of our checkpoints)"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # one of our checkpoints
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return _select_body(state, prefix, path)
+
+
+def _select_body(state: dict, prefix: str, path: Path) -> dict[str, torch.Tensor]:
+    """Strip the prefix that leads to a ResNet body's `conv1.weight`."""
+    if not prefix:
+        prefixes = sorted({k[: -len("conv1.weight")] for k in state if k.endswith("conv1.weight")})
+        # A body's own blocks also have conv1 weights (layer1.0.conv1.weight): keep the stem's.
+        prefixes = [p for p in prefixes if not p.rstrip(".").split(".")[-1].isdigit()]
+        if len(prefixes) != 1:
+            found = ", ".join(repr(p) for p in prefixes) or "none"
+            raise ValueError(
+                f"{path} holds {len(prefixes)} ResNet bodies (prefixes: {found}); pick one "
+                f"with weights=PATH::PREFIX"
+            )
+        prefix = prefixes[0]
+    body = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if "conv1.weight" not in body:
+        raise ValueError(f"{path} has no ResNet body under prefix {prefix!r}")
+    return {k: v for k, v in body.items() if not k.startswith("fc.")}

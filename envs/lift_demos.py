@@ -1,0 +1,377 @@
+"""Lift demonstrations in robomimic's HDF5 format: a scripted controller and a renderer.
+
+`generate` runs a scripted pick-and-lift controller (four phases: above the cube, down
+to just below its centre, close the gripper, lift; proportional control on the position
+error, rotation 0) and writes robomimic-format demos with camera images. Several
+"operators" differ in speed, action noise and hesitation, so that the data varies the
+way robomimic's multi-human (mh) files do rather than being one perfect policy (ph).
+
+`render` adds camera observations to an existing low-dim robomimic file from its
+`states`, which is what robomimic's `dataset_states_to_obs` does; real v1.5 robomimic
+files ship low-dim only, so this is how their image versions are made here.
+
+    python -m envs.lift_demos generate --num_demos 100 --seed 0 --operators 3 \\
+        --output data/lift_scripted.hdf5
+    python -m envs.lift_demos render --input low_dim_v15.hdf5 --output image_v15.hdf5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from envs.lift import CAMERAS, IMAGE_SIZE, LiftEnv, default_env_args
+
+
+@dataclass(frozen=True)
+class Operator:
+    """How one simulated demonstrator moves."""
+
+    gain: float
+    """Proportional gain from position error (m) to OSC action (1 = 5 cm setpoint shift)."""
+    max_action: float
+    """Cap on the translation action's magnitude: the operator's top speed."""
+    noise_std: float
+    """Std of temporally correlated noise added to the translation action."""
+    pause_prob: float
+    """Per-step chance of stopping for a few steps (hesitation)."""
+
+
+def make_operators(count: int) -> list[Operator]:
+    """count operators from proficient (fast, clean) to worst (slow, noisy, hesitant)."""
+    if count < 1:
+        raise ValueError(f"--operators must be >= 1, got {count}")
+    ops = []
+    for k in range(count):
+        f = k / (count - 1) if count > 1 else 0.0
+        ops.append(
+            Operator(
+                gain=10.0 * (1.0 - 0.5 * f),
+                max_action=1.0 - 0.3 * f,
+                noise_std=0.05 + 0.25 * f,
+                pause_prob=0.03 * f,
+            )
+        )
+    return ops
+
+
+class ScriptedLiftPolicy:
+    """Four-phase pick-and-lift from the cube position and the end-effector position."""
+
+    def __init__(self, operator: Operator, rng: np.random.Generator) -> None:
+        self.op = operator
+        self.rng = rng
+        # Per-demo variation in the approach height, grasp depth and grip time.
+        self.approach_height = float(rng.uniform(0.06, 0.10))
+        self.grasp_depth = float(rng.uniform(-0.010, 0.0))
+        self.grip_steps = int(rng.integers(11, 16))
+        self.phase = 0
+        self.grip_count = 0
+        self.pause_left = 0
+        self.grasp_target = np.zeros(3)
+        self.noise = np.zeros(3)
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The next 7-D OSC_POSE action in [-1, 1]."""
+        eef = obs["robot0_eef_pos"]
+        cube = obs["object"][:3]
+        gripper = -1.0
+        if self.phase == 0:
+            target = cube + np.array([0.0, 0.0, self.approach_height])
+            if np.linalg.norm(target - eef) < 0.01:
+                self.phase = 1
+        if self.phase == 1:
+            target = cube + np.array([0.0, 0.0, self.grasp_depth - 0.005])
+            if np.linalg.norm(target - eef) < 0.01:
+                self.phase = 2
+                self.grasp_target = target.copy()
+        if self.phase == 2:
+            target, gripper = self.grasp_target, 1.0
+            self.grip_count += 1
+            if self.grip_count >= self.grip_steps:
+                self.phase = 3
+        if self.phase == 3:
+            target, gripper = self.grasp_target + np.array([0.0, 0.0, 0.2]), 1.0
+
+        move = self.op.gain * (target - eef)
+        # AR(1) noise: a human's errors persist over several steps.
+        self.noise = 0.8 * self.noise + 0.6 * self.op.noise_std * self.rng.standard_normal(3)
+        move = move + self.noise
+        if self.pause_left > 0:
+            self.pause_left -= 1
+            move = np.zeros(3)
+        elif self.phase in (0, 3) and self.rng.random() < self.op.pause_prob:
+            self.pause_left = int(self.rng.integers(2, 8))
+        norm = np.linalg.norm(move)
+        if norm > self.op.max_action:
+            move = move * (self.op.max_action / norm)
+        action = np.zeros(7)
+        action[:3] = move
+        action[6] = gripper
+        return np.clip(action, -1.0, 1.0)
+
+
+class RobomimicWriter:
+    """Writes demos to a robomimic-layout HDF5 file (data/demo_i, mask/*)."""
+
+    def __init__(self, path: str | Path, env_args: dict) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.path, "w")
+        self.data = self.file.create_group("data")
+        self.data.attrs["env_args"] = json.dumps(env_args)
+        self.num_demos = 0
+        self.total = 0
+        self.groups: dict[str, list[str]] = {}
+
+    def add_demo(
+        self,
+        *,
+        states: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        obs: dict[str, np.ndarray],
+        next_obs: dict[str, np.ndarray],
+        model_xml: str | None = None,
+        group: str | None = None,
+    ) -> str:
+        """Append one demo; obs values are (T, ...) arrays, images uint8 (T, H, W, 3)."""
+        name = f"demo_{self.num_demos}"
+        g = self.data.create_group(name)
+        n = len(actions)
+        g.attrs["num_samples"] = n
+        if model_xml is not None:
+            g.attrs["model_file"] = model_xml
+        g.create_dataset("states", data=np.asarray(states, dtype=np.float64))
+        g.create_dataset("actions", data=np.asarray(actions, dtype=np.float64))
+        g.create_dataset("rewards", data=np.asarray(rewards, dtype=np.float64))
+        g.create_dataset("dones", data=np.asarray(dones, dtype=np.int64))
+        for prefix, values in (("obs", obs), ("next_obs", next_obs)):
+            for key, arr in values.items():
+                write_obs(g, f"{prefix}/{key}", arr)
+        self.num_demos += 1
+        self.total += n
+        if group is not None:
+            self.groups.setdefault(group, []).append(name)
+        return name
+
+    def close(self, valid_fraction: float = 0.1, seed: int = 0) -> None:
+        """Write attrs and masks (train/valid split and one mask per group), close the file."""
+        self.data.attrs["total"] = self.total
+        names = [f"demo_{i}" for i in range(self.num_demos)]
+        order = np.random.default_rng(seed).permutation(self.num_demos)
+        num_valid = int(round(valid_fraction * self.num_demos)) if self.num_demos > 1 else 0
+        valid = sorted((names[i] for i in order[:num_valid]), key=_demo_index)
+        train = sorted((names[i] for i in order[num_valid:]), key=_demo_index)
+        masks = {"train": train, "valid": valid, **self.groups}
+        for key, demos in masks.items():
+            self.file.create_dataset(f"mask/{key}", data=np.array(demos, dtype="S"))
+        self.file.close()
+
+
+def write_obs(group: h5py.Group, key: str, arr: np.ndarray) -> None:
+    """One obs dataset; images are compressed (lzf: fast, and built into h5py)."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint8 and arr.ndim == 4:
+        group.create_dataset(key, data=arr, compression="lzf", chunks=(1, *arr.shape[1:]))
+    else:
+        group.create_dataset(key, data=arr)
+
+
+def _demo_index(name: str) -> int:
+    return int(name.split("_")[-1])
+
+
+def _stack(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+
+def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int) -> dict | None:
+    """One scripted episode until success; None when it fails within max_steps."""
+    obs = env.reset(seed=seed)
+    model_xml = env.model_xml()
+    states, actions, rewards, observations = [], [], [], [obs]
+    for _ in range(max_steps):
+        states.append(env.get_state())
+        action = policy(obs)
+        obs, reward, success, _ = env.step(action)
+        actions.append(action)
+        rewards.append(reward)
+        observations.append(obs)
+        if success:
+            dones = np.zeros(len(actions), dtype=np.int64)
+            dones[-1] = 1
+            return {
+                "states": np.stack(states),
+                "actions": np.stack(actions),
+                "rewards": np.array(rewards),
+                "dones": dones,
+                "obs": _stack(observations[:-1]),
+                "next_obs": _stack(observations[1:]),
+                "model_xml": model_xml,
+            }
+    return None
+
+
+def generate(
+    output: str | Path,
+    num_demos: int,
+    seed: int = 0,
+    operators: int = 1,
+    max_steps: int = 300,
+    cameras: tuple[str, ...] = CAMERAS,
+    image_size: int = IMAGE_SIZE,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Write num_demos successful scripted demos; returns counts and the success rate."""
+    if num_demos < 1:
+        raise ValueError(f"--num_demos must be >= 1, got {num_demos}")
+    ops = make_operators(operators)
+    env_args = default_env_args(cameras, image_size)
+    env = LiftEnv(env_args, use_images=bool(cameras))
+    rng = np.random.default_rng(seed)
+    writer = RobomimicWriter(output, env_args)
+    attempts, lengths = 0, []
+    bar = tqdm(total=num_demos, desc="scripted lift demos", unit="demo", disable=not progress)
+    try:
+        while writer.num_demos < num_demos:
+            # Operators take turns, as robomimic's mh operators each give an equal share.
+            op_index = writer.num_demos % len(ops)
+            policy = ScriptedLiftPolicy(ops[op_index], rng)
+            attempts += 1
+            if attempts > 3 * num_demos + 10:
+                raise RuntimeError(
+                    f"scripted controller failed {attempts - writer.num_demos} of {attempts} "
+                    "attempts; the environment does not behave as expected"
+                )
+            demo = run_demo(env, policy, int(rng.integers(2**31 - 1)), max_steps)
+            if demo is None:
+                continue
+            writer.add_demo(**demo, group=f"operator_{op_index}")
+            lengths.append(len(demo["actions"]))
+            bar.update(1)
+            bar.set_postfix(success=f"{writer.num_demos / attempts:.2f}")
+    finally:
+        bar.close()
+        env.close()
+        writer.close(seed=seed)
+    return {
+        "demos": float(num_demos),
+        "attempts": float(attempts),
+        "success_rate": num_demos / attempts,
+        "mean_length": float(np.mean(lengths)),
+    }
+
+
+def render(
+    input_path: str | Path,
+    output_path: str | Path,
+    cameras: tuple[str, ...] = CAMERAS,
+    image_size: int = IMAGE_SIZE,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> None:
+    """Copy a low-dim robomimic file and add `<camera>_image` obs rendered from its states."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"--input {input_path} does not exist")
+    if output_path.exists() and not overwrite:
+        raise FileExistsError(f"--output {output_path} exists; pass --overwrite to replace it")
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError("--output must differ from --input")
+    with h5py.File(input_path, "r") as f:
+        if "data" not in f or "env_args" not in f["data"].attrs:
+            raise ValueError(f"{input_path} is not a robomimic file (no data.attrs['env_args'])")
+        env_args = json.loads(f["data"].attrs["env_args"])
+        demos = sorted(f["data"].keys(), key=_demo_index)
+        for d in demos:
+            if "states" not in f[f"data/{d}"]:
+                raise ValueError(f"{input_path}: data/{d} has no 'states' to render from")
+    kwargs = env_args["env_kwargs"]
+    kwargs.update(
+        camera_names=list(cameras),
+        camera_heights=image_size,
+        camera_widths=image_size,
+        use_camera_obs=True,
+        has_offscreen_renderer=True,
+    )
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_path.with_name(output_path.name + ".partial")
+    shutil.copyfile(input_path, tmp)
+    env = LiftEnv(env_args)
+    try:
+        with h5py.File(tmp, "a") as f:
+            f["data"].attrs["env_args"] = json.dumps(env_args)
+            for d in tqdm(demos, desc="rendering demos", unit="demo", disable=not progress):
+                g = f[f"data/{d}"]
+                states, actions = g["states"][()], g["actions"][()]
+                xml = g.attrs.get("model_file")
+                frames = []
+                for t, state in enumerate(states):
+                    frames.append(env.reset_to(state, model_xml=xml if t == 0 else None))
+                # As robomimic does: the last next_obs comes from playing the last action.
+                env.reset_to(states[-1])
+                last, _, _, _ = env.step(actions[-1])
+                for cam in cameras:
+                    key = f"{cam}_image"
+                    images = np.stack([fr[key] for fr in frames])
+                    for prefix, arr in (
+                        ("obs", images),
+                        ("next_obs", np.concatenate([images[1:], last[key][None]])),
+                    ):
+                        if f"{prefix}/{key}" in g:
+                            del g[f"{prefix}/{key}"]
+                        write_obs(g, f"{prefix}/{key}", arr)
+        tmp.replace(output_path)
+    finally:
+        env.close()
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: generate | render."""
+    parser = argparse.ArgumentParser(description="Lift demos in robomimic HDF5 format")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="scripted pick-and-lift demos with camera images")
+    gen.add_argument("--num_demos", type=int, default=100)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--operators", type=int, default=1, help="demonstrator styles (mh-like)")
+    gen.add_argument("--max_steps", type=int, default=300, help="give up on an attempt after")
+    gen.add_argument("--no_images", action="store_true", help="low-dim only (fast)")
+    gen.add_argument("--output", required=True)
+    ren = sub.add_parser("render", help="add camera images to a low-dim file from its states")
+    ren.add_argument("--input", required=True)
+    ren.add_argument("--output", required=True)
+    ren.add_argument("--cameras", nargs="+", default=list(CAMERAS))
+    ren.add_argument("--image_size", type=int, default=IMAGE_SIZE)
+    ren.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        stats = generate(
+            args.output,
+            args.num_demos,
+            seed=args.seed,
+            operators=args.operators,
+            max_steps=args.max_steps,
+            cameras=() if args.no_images else CAMERAS,
+        )
+        print(
+            f"wrote {args.output}: {int(stats['demos'])} demos, scripted success "
+            f"{stats['success_rate']:.3f} ({int(stats['demos'])}/{int(stats['attempts'])}), "
+            f"mean length {stats['mean_length']:.1f} steps"
+        )
+    else:
+        render(args.input, args.output, tuple(args.cameras), args.image_size, args.overwrite)
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

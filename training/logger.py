@@ -1,0 +1,150 @@
+"""Run logging: console and a JSONL file always, wandb when it is wanted.
+
+`--wandb.mode auto` means online when an API key is configured and offline otherwise, so
+that a machine without a network (or a key) never blocks on wandb; offline runs can be
+uploaded later with `wandb sync`.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from training.checkpoint import config_to_dict
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases settings."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online if an API key is configured, else offline (never blocks offline)."""
+    project: str = "rlenc"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (team or user); None = your default."""
+    group: str | None = None
+    """wandb group, e.g. to gather seeds of one configuration."""
+
+
+def wandb_api_key_configured() -> bool:
+    """True when wandb could authenticate: WANDB_API_KEY or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """The mode wandb.init gets for `--wandb.mode`."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+class RunLogger:
+    """Logs flat metric dicts to the console, `metrics.jsonl` and (maybe) wandb."""
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        config: Any,
+        wandb: WandbConfig = WandbConfig(),
+        run_name: str | None = None,
+        console_every: int = 1,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config_to_dict(config)
+        self.run_name = run_name or self.output_dir.name
+        self.console_every = max(1, console_every)
+        self._calls = 0
+        (self.output_dir / "config.json").write_text(json.dumps(self.config, indent=2))
+        # Append: a resumed run continues the same file.
+        self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
+        self._start = time.time()
+        self.wandb_mode = resolve_wandb_mode(wandb.mode)
+        self._wandb = None
+        if self.wandb_mode != "disabled":
+            self._wandb = self._init_wandb(wandb)
+
+    def _init_wandb(self, cfg: WandbConfig):
+        import wandb
+
+        id_file = self.output_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+        try:
+            return wandb.init(
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
+                name=self.run_name,
+                id=run_id,
+                resume="allow",
+                config=self.config,
+                dir=str(self.output_dir),
+                mode=self.wandb_mode,
+                settings=wandb.Settings(init_timeout=60, console="off"),
+            )
+        except Exception as err:  # a key but no network: keep training, log offline
+            tqdm.write(f"wandb {self.wandb_mode} init failed ({err}); logging offline instead")
+            self.wandb_mode = "offline"
+            return wandb.init(
+                project=cfg.project, name=self.run_name, id=run_id, resume="allow",
+                config=self.config, dir=str(self.output_dir), mode="offline",
+            )
+
+    def add_config(self, values: dict[str, Any]) -> None:
+        """Record facts found at run time (e.g. weights that fell back to random)."""
+        self.config.update(values)
+        (self.output_dir / "config.json").write_text(json.dumps(self.config, indent=2))
+        if self._wandb is not None:
+            self._wandb.config.update(values, allow_val_change=True)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log one flat dict of metrics at `step`."""
+        clean = {k: float(v) for k, v in metrics.items()}
+        record = {"step": int(step), "time": round(time.time() - self._start, 3), **clean}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(clean, step=int(step))
+        self._calls += 1
+        if self._calls % self.console_every == 0:
+            shown = " | ".join(f"{k} {v:.4g}" for k, v in clean.items())
+            tqdm.write(f"[{step}] {shown}")
+
+    def log_video(self, key: str, path: str | Path, step: int) -> None:
+        """Upload a GIF/MP4 to wandb (the file stays in the run directory)."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Video(str(path))}, step=int(step))
+        tqdm.write(f"[{step}] {key}: {path}")
+
+    def log_image(self, key: str, path: str | Path, step: int) -> None:
+        """Upload a PNG to wandb (the file stays in the run directory)."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Image(str(path))}, step=int(step))
+        tqdm.write(f"[{step}] {key}: {path}")
+
+    def close(self) -> None:
+        """Flush and finish."""
+        self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

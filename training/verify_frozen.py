@@ -1,0 +1,85 @@
+"""Check that a checkpoint's frozen tensors are still their source's.
+
+    python -m training.verify_frozen run/checkpoints/last.pt --source imagenet
+    python -m training.verify_frozen run/checkpoints/last.pt --source run/checkpoints/step_0.pt
+
+The checkpoint records which tensors were frozen. With `--source imagenet` (or a
+torchvision state-dict file) each frozen tensor of a ResNet body is compared with the
+source body's tensor of the same name (use `--prefix` to pick one body when the model has
+several); with another of our checkpoints, name for name.
+Exit status 1 when any moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.diagnostics import frozen_tensors_that_moved
+
+
+def _source_state(source: str, arch: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state, is_body): a ResNet body state dict, or a whole model's state dict."""
+    from encoders.weights import load_imagenet_state
+
+    if source == "imagenet":
+        return load_imagenet_state(arch), True
+    state = torch.load(Path(source), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state["model"], False
+    return state, True
+
+
+def _as_body_names(state: dict, frozen: list[str], body_state: dict) -> dict[str, torch.Tensor]:
+    """Source tensors renamed to the checkpoint's names (prefix up to `backbone.`)."""
+    mapped = {}
+    for name in frozen:
+        if ".backbone." not in f".{name}":
+            continue
+        body_key = name.split("backbone.", 1)[1] if "backbone." in name else name
+        tensor = body_state.get(body_key)
+        if tensor is None:
+            continue
+        if body_key == "conv1.weight" and tensor.shape[1] == 3 and state[name].shape[1] == 1:
+            tensor = tensor.sum(dim=1, keepdim=True)  # the 1ch_conv adapter's init
+        mapped[name] = tensor
+    return mapped
+
+
+def verify(
+    checkpoint: str, source: str, arch: str = "resnet18", prefix: str = ""
+) -> tuple[list[str], int]:
+    """(names of frozen tensors that differ from the source, how many were checked)."""
+    ckpt = load_checkpoint(checkpoint)
+    state = ckpt["model"]
+    frozen = [n for n in ckpt.get("frozen", []) if n.startswith(prefix)]
+    src, is_body = _source_state(source, arch)
+    if is_body:
+        frozen = [n for n in frozen if "backbone." in n and not n.endswith("num_batches_tracked")]
+        src = _as_body_names(state, frozen, src)
+    return frozen_tensors_that_moved(state, src, frozen), len(frozen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--source", required=True, help="imagenet | a state-dict file | a checkpoint")
+    parser.add_argument("--arch", default="resnet18", help="body architecture for --source imagenet")
+    parser.add_argument(
+        "--prefix", default="", help="check only tensors under this prefix (e.g. actor.encoder.)"
+    )
+    args = parser.parse_args(argv)
+    moved, checked = verify(args.checkpoint, args.source, args.arch, args.prefix)
+    if moved:
+        print(f"{len(moved)} of {checked} frozen tensors moved, e.g.: " + ", ".join(moved[:5]))
+        return 1
+    print(f"all {checked} frozen tensors are bit-identical to {args.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
