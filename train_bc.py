@@ -1,1 +1,198 @@
-print("placeholder")
+"""Behaviour cloning from a dataset: flow-matching BC on Lift, Algorithm Distillation on Dark Room.
+
+    python train_bc.py --agent.freeze_encoder=True
+    python train_bc.py --env_name=lift-ph-image --dataset=lift_ph_image.hdf5
+    python train_bc.py --env_name=darkroom --agent=ad
+
+`--env_name` picks the task (data + evaluation runner, envs/bc_tasks.py) and `--agent`
+the method (agents/, default: the task's); both are read first, because they decide
+which config the remaining flags fill in. `--help` after them lists that config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+import torch
+import tyro
+from tqdm import tqdm
+
+from agents import agent_name, get_agent
+from envs.bc_tasks import get_bc_task
+from training.checkpoint import load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from training.cli import parse_config, pop_flag, run_main
+from training.device import resolve_device
+from training.logger import RunLogger, WandbConfig
+from training.report import encoder_weight_sources, parameter_report
+from training.run_dir import prepare_run_dir
+from training.seeding import seed_everything
+
+DEFAULT_ENV = "lift-scripted-image"
+AgentConfigT = TypeVar("AgentConfigT")
+
+
+@dataclass(frozen=True)
+class TrainBCConfig(Generic[AgentConfigT]):
+    """Offline training of one agent on one task's dataset, with periodic evaluation."""
+
+    agent: AgentConfigT
+    """The agent's own settings (--agent NAME picks the agent)."""
+    env_name: str = DEFAULT_ENV
+    """Task by full name (lift-scripted-image, lift-ph-image, lift-mh-image, darkroom, ...)."""
+    agent_name: tyro.conf.Suppress[str] = ""
+    dataset: str | None = None
+    """Dataset file; None = the task's embedded default (generated and cached on first use)."""
+    offline_steps: int = 20_000
+    """Gradient steps."""
+    batch_size: int = 256
+    """Samples per gradient step."""
+    eval_interval: int = 5_000
+    """Evaluate every this many steps (and at the end); 0 = only at the end."""
+    eval_episodes: int = 50
+    """Evaluation episodes (rollouts; for AD: in-context episodes)."""
+    eval_workers: int = 1
+    """Evaluation environments run in this many worker processes (where the task supports it)."""
+    log_interval: int = 100
+    """Log training metrics every this many steps."""
+    save_interval: int = 5_000
+    """Write checkpoints/last.pt every this many steps (and at the end)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available."""
+    seed: int = 0
+    """Seeds data sampling, initialisation and evaluation."""
+    output_dir: str | None = None
+    """Run directory; None = runs/<env>_<agent>_s<seed>_<time>."""
+    resume: bool = False
+    """Continue the run in --output_dir from checkpoints/last.pt."""
+    overwrite: bool = False
+    """Replace an existing --output_dir instead of refusing to touch it."""
+    cache_dir: str = "~/.cache/rlenc"
+    """Where generated default datasets are kept."""
+    wandb: WandbConfig = WandbConfig(project="rlenc-bc")
+    """Weights & Biases logging."""
+
+
+def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
+    """Read --env_name and --agent, then parse the rest into that agent's config."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    env_flag, args = pop_flag(args, "--env_name")
+    agent_flag, args = pop_flag(args, "--agent")
+    task = get_bc_task(env_flag or DEFAULT_ENV)
+    name = agent_name(agent_flag or task.default_agent)
+    agent_config_class, _ = get_agent(name)
+    default = TrainBCConfig(
+        agent=agent_config_class(), env_name=task.name, agent_name=name, **task.defaults
+    )
+    return parse_config(
+        TrainBCConfig[agent_config_class], args, description=__doc__, default=default
+    )
+
+
+def train(cfg: TrainBCConfig) -> dict[str, float]:
+    """Train, evaluate and checkpoint; returns the final evaluation metrics."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    task = get_bc_task(cfg.env_name)
+    task_module = task.load()
+    _, agent_class = get_agent(cfg.agent_name)
+    run_dir = prepare_run_dir(
+        cfg.output_dir,
+        f"{cfg.env_name}_{cfg.agent_name}_s{cfg.seed}",
+        resume=cfg.resume,
+        overwrite=cfg.overwrite,
+    )
+    cfg = replace(cfg, output_dir=str(run_dir))
+
+    # ---- data and agent
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    data = task_module.make_data(
+        cfg.dataset, cfg.agent, device=device, seed=cfg.seed, cache_dir=cache_dir, **task.options
+    )
+    tqdm.write(data.describe())
+    agent = agent_class(cfg.agent, data.spec, device)
+    sampler = torch.Generator().manual_seed(cfg.seed)
+
+    start_step = 0
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if cfg.resume:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        load_model_state(agent, ckpt["model"], str(ckpt_path))
+        agent.optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"])
+        sampler.set_state(ckpt["extra"]["sampler"])
+        start_step = ckpt["step"]
+
+    logger = RunLogger(run_dir, cfg, cfg.wandb, run_name=run_dir.name)
+    logger.add_config({"agent_name": cfg.agent_name, **encoder_weight_sources(agent)})
+    logger.log(parameter_report(agent, agent.optimizer, agent.components()), step=start_step)
+    if hasattr(agent, "prepare"):
+        data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
+    evaluator = task_module.make_evaluator(
+        data.spec,
+        device=device,
+        seed=cfg.seed,
+        num_workers=cfg.eval_workers,
+        video_dir=run_dir / "videos",
+        **task.options,
+    )
+
+    def save(step: int) -> None:
+        save_checkpoint(
+            ckpt_path,
+            model=agent,
+            optimizer=agent.optimizer,
+            step=step,
+            config=cfg,
+            extra={"sampler": sampler.get_state()},
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        result = evaluator.run(agent, cfg.eval_episodes)
+        logger.log(result["metrics"], step=step)
+        if result.get("video") is not None:
+            logger.log_video("eval/video", result["video"], step=step)
+        for plot in result.get("plots", []):
+            logger.log_image(f"eval/{plot.stem}", plot, step=step)
+        return result["metrics"]
+
+    # ---- training loop
+    metrics: dict[str, float] = {}
+    tick, tick_step = time.perf_counter(), start_step
+    for step in tqdm(
+        range(start_step + 1, cfg.offline_steps + 1),
+        initial=start_step,
+        total=cfg.offline_steps,
+        desc="train",
+        dynamic_ncols=True,
+    ):
+        info = agent.update(data.sample(cfg.batch_size, sampler))
+        if step % cfg.log_interval == 0:
+            now = time.perf_counter()
+            info["perf/steps_per_sec"] = (step - tick_step) / (now - tick)
+            tick, tick_step = now, step
+            logger.log(info, step=step)
+        last = step == cfg.offline_steps
+        if last or (cfg.eval_interval and step % cfg.eval_interval == 0):
+            metrics = evaluate(step)
+        if last or step % cfg.save_interval == 0:
+            save(step)
+    if start_step >= cfg.offline_steps:
+        metrics = evaluate(start_step)
+
+    (run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    evaluator.close()
+    logger.close()
+    return metrics
+
+
+def main() -> None:
+    train(parse_args())
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,1 +1,22 @@
 """Agents by name: a plain table of (config class, agent class)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+AGENTS: dict[str, tuple[type, type]] = {}
+
+
+def agent_name(spec: str) -> str:
+    """`fbc`, or the seeds' `agents/fbc.py` form, as a registry name."""
+    path = Path(spec)
+    return path.stem if path.suffix == ".py" else spec
+
+
+def get_agent(spec: str) -> tuple[type, type]:
+    """(Config class, Agent class) for a name, failing with the list of known names."""
+    name = agent_name(spec)
+    try:
+        return AGENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown agent {spec!r}; known: {', '.join(sorted(AGENTS))}") from None

@@ -140,6 +140,10 @@ def _one_channel_conv1(conv: nn.Conv2d) -> nn.Conv2d:
 
 def _check_complete(body: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Every body tensor must come from the source, or the "pretrained" body is partly random."""
-    missing = [k for k in body.state_dict() if k not in state and not k.endswith("num_batches_tracked")]
+    missing = [
+        k for k in body.state_dict() if k not in state and not k.endswith("num_batches_tracked")
+    ]
     if missing:
-        raise ValueError(f"weights from {source} lack {len(missing)} body tensors, e.g. {missing[0]}")
+        raise ValueError(
+            f"weights from {source} lack {len(missing)} body tensors, e.g. {missing[0]}"
+        )

@@ -27,7 +27,9 @@ def trainable_names(enc):
 def test_freeze_mode_trainable_counts(mode):
     enc = make(mode)
     assert sum(p.numel() for p in enc.backbone.parameters()) == 11_176_512
-    assert sum(p.numel() for p in enc.backbone.parameters() if p.requires_grad) == BODY_TRAINABLE[mode]
+    assert (
+        sum(p.numel() for p in enc.backbone.parameters() if p.requires_grad) == BODY_TRAINABLE[mode]
+    )
 
 
 def test_freeze_modes_train_different_modules():
@@ -65,7 +67,9 @@ def test_frozen_parameters_and_bn_buffers_bit_identical_after_training(mode):
     agent = Agent(make(mode))
     frozen_before = frozen_tensors(agent)
     assert any("running_mean" in n for n in frozen_before)
-    trainable_before = {n: p.detach().clone() for n, p in agent.named_parameters() if p.requires_grad}
+    trainable_before = {
+        n: p.detach().clone() for n, p in agent.named_parameters() if p.requires_grad
+    }
     opt = build_optimizer(agent, backbone_lr=1e-2, head_lr=1e-2)
     agent.train()
     agent.encoder.backbone.train()  # even a direct call on the body must not unpin BN
@@ -77,7 +81,11 @@ def test_frozen_parameters_and_bn_buffers_bit_identical_after_training(mode):
     after = agent.state_dict()
     for name, tensor in frozen_before.items():
         assert torch.equal(tensor, after[name]), f"{name} moved"
-    moved = {n for n, p in agent.named_parameters() if p.requires_grad and not torch.equal(p, trainable_before[n])}
+    moved = {
+        n
+        for n, p in agent.named_parameters()
+        if p.requires_grad and not torch.equal(p, trainable_before[n])
+    }
     assert moved == set(trainable_before)  # everything trainable did train
     assert ("encoder.backbone.layer4.1.conv2.weight" in moved) == (mode != "all")
 
@@ -85,7 +93,9 @@ def test_frozen_parameters_and_bn_buffers_bit_identical_after_training(mode):
 def test_frozen_batchnorm_stays_in_eval_mode_after_train():
     agent = Agent(make("all"))
     agent.train()
-    assert all(not m.training for m in agent.encoder.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(
+        not m.training for m in agent.encoder.backbone.modules() if isinstance(m, nn.BatchNorm2d)
+    )
     partly = Agent(make("until_layer3"))
     partly.train()
     bns = dict(partly.encoder.backbone.named_modules())
@@ -112,7 +122,9 @@ def test_1ch_conv_equals_repeat3_at_init(weights, fake_imagenet):
         {**repeat.backbone.state_dict(), "conv1.weight": onech.backbone.conv1.weight}
     )
     assert onech.backbone.conv1.weight.shape == (64, 1, 7, 7)
-    torch.testing.assert_close(onech.backbone.conv1.weight, repeat.backbone.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(
+        onech.backbone.conv1.weight, repeat.backbone.conv1.weight.sum(1, keepdim=True)
+    )
     x = torch.rand(3, 1, 48, 48)
     torch.testing.assert_close(onech(x), repeat(x), rtol=1e-5, atol=1e-5)
 
@@ -161,7 +173,11 @@ def test_weights_from_state_dict_and_from_checkpoint(tmp_path):
     source = make(weights="random")
     torch.save(source.backbone.state_dict(), tmp_path / "body.pt")
     torch.save({"model": Agent(source).state_dict(), "step": 3}, tmp_path / "ckpt.pt")
-    for spec in (tmp_path / "body.pt", f"{tmp_path / 'ckpt.pt'}", f"{tmp_path / 'ckpt.pt'}::encoder.backbone."):
+    for spec in (
+        tmp_path / "body.pt",
+        f"{tmp_path / 'ckpt.pt'}",
+        f"{tmp_path / 'ckpt.pt'}::encoder.backbone.",
+    ):
         enc = make(weights=str(spec))
         for name, tensor in enc.backbone.state_dict().items():
             assert torch.equal(tensor, source.backbone.state_dict()[name]), (spec, name)

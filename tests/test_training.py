@@ -3,7 +3,6 @@
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,12 +53,18 @@ def test_optimizer_groups_names_sizes_and_lrs(mode):
     assert groups["heads"]["lr"] == 3e-4
     in_groups = [p for g in opt.param_groups for p in g["params"]]
     assert all(p.requires_grad for p in in_groups)
-    assert len({id(p) for p in in_groups}) == len(in_groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert (
+        len({id(p) for p in in_groups})
+        == len(in_groups)
+        == sum(1 for p in model.parameters() if p.requires_grad)
+    )
 
 
 def test_optimizer_explicit_backbone_modules_and_lr_scaling():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
-    opt = build_optimizer(model, backbone_lr=1.0, head_lr=2.0, kind="adamw", backbone_modules=[model[0]])
+    opt = build_optimizer(
+        model, backbone_lr=1.0, head_lr=2.0, kind="adamw", backbone_modules=[model[0]]
+    )
     assert [g["name"] for g in opt.param_groups] == ["backbone", "heads"]
     assert isinstance(opt, torch.optim.AdamW)
     scale_learning_rates(opt, 0.5)
@@ -86,13 +91,17 @@ def test_grad_norms_per_group():
 def test_parameter_report(capsys):
     model = ActorCritic("all")
     opt = build_optimizer(model, backbone_lr=1e-4, head_lr=3e-4)
-    metrics = parameter_report(model, opt, {"actor_backbone": model.actor.backbone, "heads": model.pi})
+    metrics = parameter_report(
+        model, opt, {"actor_backbone": model.actor.backbone, "heads": model.pi}
+    )
     assert metrics["params/trainable"] == 512 * 4 + 4 + 512 + 1
     assert metrics["params/actor_backbone/frozen"] == 11_176_512
     assert metrics["params/optimizer/heads"] == metrics["params/trainable"]
     assert "backbone" not in " ".join(k for k in metrics if k.startswith("params/optimizer"))
     out = capsys.readouterr().out
-    assert "actor_backbone" in out and "group heads" in out and "weights_source/actor: random" in out
+    assert (
+        "actor_backbone" in out and "group heads" in out and "weights_source/actor: random" in out
+    )
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,9 @@ def test_checkpoint_of_another_architecture_is_one_line_error():
 def test_verify_frozen_reports_moved_tensors(tmp_path, capsys):
     torch.manual_seed(0)
     model = ActorCritic("until_layer3")
-    start = save_checkpoint(tmp_path / "start.pt", model=model, optimizer=None, step=0, config=Cfg())
+    start = save_checkpoint(
+        tmp_path / "start.pt", model=model, optimizer=None, step=0, config=Cfg()
+    )
     opt = build_optimizer(model, backbone_lr=1e-2, head_lr=1e-2)
     model.train()
     train_steps(model, opt, 2)
@@ -188,10 +199,14 @@ def test_verify_frozen_reports_moved_tensors(tmp_path, capsys):
     torch.save(model.actor.backbone.state_dict(), tmp_path / "body.pt")
     body = str(tmp_path / "body.pt")
     assert verify_frozen.main([str(end), "--source", body, "--prefix", "actor."]) == 0
-    assert verify_frozen.main([str(end), "--source", body, "--prefix", "critic."]) == 1  # other body
+    assert (
+        verify_frozen.main([str(end), "--source", body, "--prefix", "critic."]) == 1
+    )  # other body
     with torch.no_grad():
         model.actor.backbone.layer1[0].conv1.weight.add_(1.0)
-    tampered = save_checkpoint(tmp_path / "bad.pt", model=model, optimizer=opt, step=3, config=Cfg())
+    tampered = save_checkpoint(
+        tmp_path / "bad.pt", model=model, optimizer=opt, step=3, config=Cfg()
+    )
     assert verify_frozen.main([str(tampered), "--source", str(start)]) == 1
     assert "actor.backbone.layer1.0.conv1.weight" in capsys.readouterr().out
 
@@ -201,7 +216,9 @@ def test_logger_writes_jsonl_and_config(tmp_path):
     logger.log({"train/loss": 1.5}, step=3)
     logger.add_config({"weights_source/encoder": "random"})
     logger.close()
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert records[0]["step"] == 3 and records[0]["train/loss"] == 1.5
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["lr"] == 0.1 and config["weights_source/encoder"] == "random"

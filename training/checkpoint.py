@@ -48,7 +48,9 @@ def rng_state() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     """Undo `rng_state()`."""
-    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+    random.setstate(
+        (state["python_version"], tuple(state["python"].tolist()), state["python_gauss"])
+    )
     np.random.set_state(
         (
             "MT19937",
@@ -128,7 +130,8 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+            shapes = f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {shapes})")
         raise ValueError(
             f"checkpoint {source} does not fit this model: {'; '.join(parts)}; it was made "
             f"with another architecture or config"

@@ -8,7 +8,9 @@ docstrings. Flag conversion is off, so booleans are written the way users type t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import tyro
@@ -54,3 +56,19 @@ def pop_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
             rest.append(arg)
         i += 1
     return value, rest
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; a user error ends it with one line and exit status 2.
+
+    Set RLENC_TRACEBACK=1 to see the full traceback of such an error.
+    """
+    from encoders import ImageNetWeightsUnavailable
+
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError, ImageNetWeightsUnavailable) as err:
+        if os.environ.get("RLENC_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

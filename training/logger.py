@@ -103,8 +103,13 @@ class RunLogger:
             tqdm.write(f"wandb {self.wandb_mode} init failed ({err}); logging offline instead")
             self.wandb_mode = "offline"
             return wandb.init(
-                project=cfg.project, name=self.run_name, id=run_id, resume="allow",
-                config=self.config, dir=str(self.output_dir), mode="offline",
+                project=cfg.project,
+                name=self.run_name,
+                id=run_id,
+                resume="allow",
+                config=self.config,
+                dir=str(self.output_dir),
+                mode="offline",
             )
 
     def add_config(self, values: dict[str, Any]) -> None:

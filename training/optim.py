@@ -49,7 +49,9 @@ def build_optimizer(
     backbone, heads = split_parameters(model, backbone_modules)
     groups = []
     if backbone:
-        groups.append({"name": "backbone", "params": backbone, "lr": backbone_lr, "base_lr": backbone_lr})
+        groups.append(
+            {"name": "backbone", "params": backbone, "lr": backbone_lr, "base_lr": backbone_lr}
+        )
     if heads:
         groups.append({"name": "heads", "params": heads, "lr": head_lr, "base_lr": head_lr})
     if not groups:

@@ -58,7 +58,9 @@ def parameter_report(
             metrics[f"params/optimizer/{name}_lr"] = group["lr"]
         if in_optimizer != trainable:
             # A trainable parameter outside the optimizer never learns: say so loudly.
-            lines.append(f"  WARNING: {trainable - in_optimizer:,} trainable parameters are in no group")
+            lines.append(
+                f"  WARNING: {trainable - in_optimizer:,} trainable parameters are in no group"
+            )
     for key, source in encoder_weight_sources(model).items():
         lines.append(f"{key}: {source}")
     tqdm.write("\n".join(lines))

@@ -67,8 +67,12 @@ def verify(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--source", required=True, help="imagenet | a state-dict file | a checkpoint")
-    parser.add_argument("--arch", default="resnet18", help="body architecture for --source imagenet")
+    parser.add_argument(
+        "--source", required=True, help="imagenet | a state-dict file | a checkpoint"
+    )
+    parser.add_argument(
+        "--arch", default="resnet18", help="body architecture for --source imagenet"
+    )
     parser.add_argument(
         "--prefix", default="", help="check only tensors under this prefix (e.g. actor.encoder.)"
     )

@@ -1,0 +1,105 @@
+"""train_bc.py's wiring, on a toy task and agent: parsing, resume, run directories, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import agents
+import train_bc
+from envs import bc_tasks
+from tests.toy_bc import ToyAgent, ToyConfig
+from training.checkpoint import load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(agents.AGENTS, "toy", (ToyConfig, ToyAgent))
+    monkeypatch.setitem(
+        bc_tasks.BC_TASKS,
+        "toy-task",
+        bc_tasks.BCTask("toy-task", "tests.toy_bc", "toy", defaults={"batch_size": 16}),
+    )
+
+
+def run(tmp_path, *extra):
+    args = [
+        "--env_name=toy-task",
+        "--device",
+        "cpu",
+        "--wandb.mode",
+        "disabled",
+        "--log_interval",
+        "1",
+        "--eval_interval",
+        "0",
+        *extra,
+    ]
+    return train_bc.train(train_bc.parse_args(args))
+
+
+def test_parses_agent_flags_and_task_defaults():
+    cfg = train_bc.parse_args(["--env_name", "toy-task", "--agent.freeze_encoder=True"])
+    assert cfg.agent.freeze_encoder is True and cfg.batch_size == 16 and cfg.agent_name == "toy"
+    cfg = train_bc.parse_args(["--env_name=toy-task", "--agent=agents/toy.py", "--batch_size", "8"])
+    assert cfg.agent_name == "toy" and cfg.batch_size == 8
+
+
+def test_unknown_env_and_agent_are_one_line_errors():
+    with pytest.raises(ValueError, match="unknown env_name 'nope'; known: .*toy-task"):
+        train_bc.parse_args(["--env_name=nope"])
+    with pytest.raises(ValueError, match="unknown agent 'nope'; known: .*toy"):
+        train_bc.parse_args(["--env_name=toy-task", "--agent=nope"])
+
+
+def test_trains_and_writes_run(tmp_path):
+    out = tmp_path / "run"
+    metrics = run(tmp_path, "--offline_steps", "60", "--output_dir", str(out))
+    assert metrics["eval/mse"] < 1.0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(x)["train/loss"] for x in lines if "train/loss" in x]
+    assert len(losses) == 60 and losses[-1] < losses[0]
+    assert json.loads((out / "final_metrics.json").read_text()) == metrics
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 60
+
+
+def test_resume_is_exact(tmp_path):
+    run(tmp_path, "--offline_steps", "20", "--output_dir", str(tmp_path / "once"))
+    run(tmp_path, "--offline_steps", "10", "--output_dir", str(tmp_path / "twice"))
+    run(tmp_path, "--offline_steps", "20", "--output_dir", str(tmp_path / "twice"), "--resume=True")
+    once = load_checkpoint(tmp_path / "once" / "checkpoints" / "last.pt")
+    twice = load_checkpoint(tmp_path / "twice" / "checkpoints" / "last.pt")
+    for name, tensor in once["model"].items():
+        assert torch.equal(tensor, twice["model"][name]), name
+    def loss(d):
+        return [
+            json.loads(x)["train/loss"]
+            for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in x
+        ]
+    assert loss("once") == loss("twice")
+
+
+def test_existing_run_dir_is_not_clobbered(tmp_path):
+    out = tmp_path / "run"
+    run(tmp_path, "--offline_steps", "2", "--output_dir", str(out))
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume=True to continue it, --overwrite=True"):
+        run(tmp_path, "--offline_steps", "2", "--output_dir", str(out))
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+    run(tmp_path, "--offline_steps", "3", "--output_dir", str(out), "--overwrite=True")
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train_bc.py", "--env_name=no-such-task"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown env_name 'no-such-task'")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,85 @@
+"""A toy task and agent that follow train_bc.py's protocol, to test the wiring alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.diagnostics import grad_norms
+from training.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Linear regression agent."""
+
+    lr: float = 0.05
+    """Learning rate."""
+    freeze_encoder: bool = False
+    """Freeze the first layer."""
+
+
+class ToyAgent(nn.Module):
+    def __init__(self, cfg: ToyConfig, spec: dict, device: torch.device) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(spec["dim"], 8)
+        self.head = nn.Linear(8, 1)
+        self.encoder.requires_grad_(not cfg.freeze_encoder)
+        self.optimizer = build_optimizer(
+            self, backbone_lr=cfg.lr, head_lr=cfg.lr, backbone_modules=[self.encoder]
+        )
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        loss = (self.head(self.encoder(batch["x"])).squeeze(-1) - batch["y"]).pow(2).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        info = grad_norms(self.optimizer)
+        self.optimizer.step()
+        return {"train/loss": loss.item(), **info}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(obs)).squeeze(-1)
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "head": self.head}
+
+
+class ToyData:
+    def __init__(self, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(256, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+        self.spec = {"dim": 4}
+        self.num_samples = 256
+
+    def describe(self) -> str:
+        return "toy regression, 256 samples"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.num_samples, (batch_size,), generator=generator)
+        return {"x": self.x[idx], "y": self.y[idx]}
+
+
+class ToyEvaluator:
+    def __init__(self, data: ToyData) -> None:
+        self.data = data
+
+    def run(self, agent: ToyAgent, num_episodes: int) -> dict:
+        err = (agent.act(self.data.x) - self.data.y).pow(2).mean().item()
+        return {"metrics": {"eval/mse": err}, "video": None, "plots": []}
+
+    def close(self) -> None:
+        pass
+
+
+def make_data(dataset, agent_cfg, *, device, seed, cache_dir, **options) -> ToyData:
+    if dataset is not None:
+        raise FileNotFoundError(f"toy dataset {dataset} does not exist")
+    return ToyData(seed)
+
+
+def make_evaluator(spec, *, device, seed, num_workers, video_dir, **options) -> ToyEvaluator:
+    return ToyEvaluator(ToyData(seed))
