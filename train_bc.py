@@ -27,6 +27,7 @@ from envs.bc_tasks import get_bc_task
 from training.checkpoint import load_checkpoint, load_model_state, restore_rng, save_checkpoint
 from training.cli import parse_config, pop_flag, run_main
 from training.device import resolve_device
+from training.guards import NonFiniteGradient, StopOnSignal, guard_nonfinite
 from training.logger import RunLogger, WandbConfig
 from training.report import encoder_weight_sources, parameter_report
 from training.run_dir import prepare_run_dir
@@ -61,6 +62,8 @@ class TrainBCConfig(Generic[AgentConfigT]):
     """Log training metrics every this many steps."""
     save_interval: int = 5_000
     """Write checkpoints/last.pt every this many steps (and at the end)."""
+    skip_nonfinite: bool = False
+    """On a NaN/Inf gradient skip the step instead of stopping the run."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available."""
     seed: int = 0
@@ -141,6 +144,8 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         **task.options,
     )
 
+    last_saved = {"step": start_step if cfg.resume else None}
+
     def save(step: int) -> None:
         save_checkpoint(
             ckpt_path,
@@ -150,6 +155,7 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
             config=cfg,
             extra={"sampler": sampler.get_state()},
         )
+        last_saved["step"] = step
 
     def evaluate(step: int) -> dict[str, float]:
         result = evaluator.run(agent, cfg.eval_episodes)
@@ -161,26 +167,42 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         return result["metrics"]
 
     # ---- training loop
+    skipped = guard_nonfinite(agent.optimizer, skip=cfg.skip_nonfinite)
     metrics: dict[str, float] = {}
     tick, tick_step = time.perf_counter(), start_step
-    for step in tqdm(
-        range(start_step + 1, cfg.offline_steps + 1),
-        initial=start_step,
-        total=cfg.offline_steps,
-        desc="train",
-        dynamic_ncols=True,
-    ):
-        info = agent.update(data.sample(cfg.batch_size, sampler))
-        if step % cfg.log_interval == 0:
-            now = time.perf_counter()
-            info["perf/steps_per_sec"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            logger.log(info, step=step)
-        last = step == cfg.offline_steps
-        if last or (cfg.eval_interval and step % cfg.eval_interval == 0):
-            metrics = evaluate(step)
-        if last or step % cfg.save_interval == 0:
-            save(step)
+    steps = range(start_step + 1, cfg.offline_steps + 1)
+    with StopOnSignal() as stop:
+        for step in tqdm(steps, initial=start_step, total=cfg.offline_steps, desc="train"):
+            try:
+                info = agent.update(data.sample(cfg.batch_size, sampler))
+            except NonFiniteGradient as err:
+                kept = last_saved["step"]
+                kept = "none yet" if kept is None else f"{ckpt_path} (step {kept})"
+                raise NonFiniteGradient(
+                    f"step {step}: {err}; weights left as they were, last good checkpoint: "
+                    f"{kept}; rerun with --skip_nonfinite=True to skip such steps"
+                ) from None
+            if step % cfg.log_interval == 0:
+                now = time.perf_counter()
+                info["perf/steps_per_sec"] = (step - tick_step) / (now - tick)
+                info["train/skipped_nonfinite_steps"] = skipped["skipped"]
+                tick, tick_step = now, step
+                logger.log(info, step=step)
+            last = step == cfg.offline_steps
+            if last or (cfg.eval_interval and step % cfg.eval_interval == 0):
+                metrics = evaluate(step)
+            if last or step % cfg.save_interval == 0 or stop.requested:
+                save(step)
+            if stop.requested:
+                tqdm.write(
+                    f"{stop.requested} at step {step}: wrote {ckpt_path}; continue with "
+                    f"--output_dir={run_dir} --resume=True"
+                )
+                break
+    if stop.requested:
+        evaluator.close()
+        logger.close()
+        return {}
     if start_step >= cfg.offline_steps:
         metrics = evaluate(start_step)
 

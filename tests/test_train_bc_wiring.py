@@ -73,12 +73,14 @@ def test_resume_is_exact(tmp_path):
     twice = load_checkpoint(tmp_path / "twice" / "checkpoints" / "last.pt")
     for name, tensor in once["model"].items():
         assert torch.equal(tensor, twice["model"][name]), name
+
     def loss(d):
         return [
             json.loads(x)["train/loss"]
             for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
             if "train/loss" in x
         ]
+
     assert loss("once") == loss("twice")
 
 
@@ -103,3 +105,72 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown env_name 'no-such-task'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_nonfinite_gradient_stops_with_step_and_group_keeping_weights(tmp_path):
+    out = tmp_path / "run"
+    args = ("--output_dir", str(out), "--save_interval", "5", "--agent.nan_at_update", "8")
+    with pytest.raises(
+        FloatingPointError,
+        match=r"step 8: non-finite gradient in parameter group\(s\) backbone, heads",
+    ):
+        run(tmp_path, "--offline_steps", "20", *args)
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 5 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_nonfinite_gradient_can_be_skipped(tmp_path):
+    out = tmp_path / "run"
+    run(
+        tmp_path,
+        "--offline_steps",
+        "20",
+        "--output_dir",
+        str(out),
+        "--agent.nan_at_update",
+        "8",
+        "--skip_nonfinite=True",
+    )
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "train/loss" in r]
+    assert [r["train/skipped_nonfinite_steps"] for r in train_records[6:9]] == [0, 1, 1]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 20 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+SIGNAL_SCRIPT = """
+import sys, agents, train_bc
+from envs import bc_tasks
+from tests.toy_bc import ToyAgent, ToyConfig
+agents.AGENTS["toy"] = (ToyConfig, ToyAgent)
+bc_tasks.BC_TASKS["toy-task"] = bc_tasks.BCTask("toy-task", "tests.toy_bc", "toy")
+sys.argv = ["train_bc.py", "--env_name=toy-task", "--device=cpu", "--wandb.mode=disabled",
+            "--log_interval=1", "--eval_interval=0", "--batch_size=8", *sys.argv[1:]]
+train_bc.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_writes_final_checkpoint_and_exits_cleanly(tmp_path, sig):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_SCRIPT, "--offline_steps=10000000", f"--output_dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (
+        (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 2000
+    ):
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, sig))
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert f"{sig} at step" in output and "--resume=True" in output
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 10_000_000
+    assert not (out / "final_metrics.json").exists()

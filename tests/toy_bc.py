@@ -19,6 +19,8 @@ class ToyConfig:
     """Learning rate."""
     freeze_encoder: bool = False
     """Freeze the first layer."""
+    nan_at_update: int = 0
+    """Make the loss NaN at this update (1-based; 0 = never), to test the guard."""
 
 
 class ToyAgent(nn.Module):
@@ -27,12 +29,17 @@ class ToyAgent(nn.Module):
         self.encoder = nn.Linear(spec["dim"], 8)
         self.head = nn.Linear(8, 1)
         self.encoder.requires_grad_(not cfg.freeze_encoder)
+        self.nan_at_update = cfg.nan_at_update
+        self.updates = 0
         self.optimizer = build_optimizer(
             self, backbone_lr=cfg.lr, head_lr=cfg.lr, backbone_modules=[self.encoder]
         )
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         loss = (self.head(self.encoder(batch["x"])).squeeze(-1) - batch["y"]).pow(2).mean()
+        self.updates += 1
+        if self.updates == self.nan_at_update:
+            loss = loss * float("nan")
         self.optimizer.zero_grad()
         loss.backward()
         info = grad_norms(self.optimizer)

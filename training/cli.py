@@ -64,10 +64,18 @@ def run_main(main: Callable[[], object]) -> None:
     Set RLENC_TRACEBACK=1 to see the full traceback of such an error.
     """
     from encoders import ImageNetWeightsUnavailable
+    from training.guards import NonFiniteGradient
 
+    user_errors = (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        ImageNetWeightsUnavailable,
+        NonFiniteGradient,
+    )
     try:
         main()
-    except (ValueError, FileNotFoundError, FileExistsError, ImageNetWeightsUnavailable) as err:
+    except user_errors as err:
         if os.environ.get("RLENC_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)
