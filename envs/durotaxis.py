@@ -86,8 +86,8 @@ class DurotaxisConfig:
     """Success when the front covers this fraction of the way from its start to the stiff edge."""
     max_steps: int = 32
     """Steps before truncation."""
-    progress_reward: float = 1.0
-    """Reward per unit of normalised progress (1 = the whole way to the stiff edge)."""
+    progress_reward: float = 10.0
+    """Reward for the whole way from the front's start to the stiff edge (potential-based)."""
     success_bonus: float = 1.0
     """Reward added on success."""
     failure_penalty: float = 1.0
@@ -118,7 +118,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def hash_uniform(keys: torch.Tensor, episode: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
+def hash_uniform(
+    keys: torch.Tensor, episode: torch.Tensor, step: torch.Tensor, n: int
+) -> torch.Tensor:
     """B x n uniforms in (0, 1), a pure function of (key, episode, step, lane)."""
     h = _mix32((keys & _MASK32) ^ 0x9E3779B9)
     h = _mix32(h ^ ((keys >> 32) & _MASK32))
@@ -147,6 +149,7 @@ class DurotaxisCore:
         b, n, dev = num_envs, config.max_cells, self.device
         self.param_low = torch.tensor(PARAM_LOW, device=dev)
         self.param_high = torch.tensor(PARAM_HIGH, device=dev)
+        self._x_axis = torch.tensor([1.0, 0.0], device=dev)
         self.keys = torch.zeros(b, dtype=torch.int64, device=dev)
         self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
         self.steps = torch.zeros(b, dtype=torch.int64, device=dev)
@@ -282,7 +285,7 @@ class DurotaxisCore:
         is_spawn, is_delete = kind == SPAWN, kind == DELETE
         raw_dir = params[:, :2]
         norm = raw_dir.norm(dim=-1, keepdim=True)
-        fallback = torch.tensor([1.0, 0.0], device=self.device).expand_as(raw_dir)
+        fallback = self._x_axis.expand_as(raw_dir)  # a zero direction means +x
         direction = torch.where(norm > 1e-6, raw_dir / norm.clamp(min=1e-6), fallback)
         gamma, alpha, noise_scale = params[:, 2], params[:, 3], params[:, 4]
 
@@ -433,10 +436,8 @@ def heuristic_policy(env: DurotaxisCore) -> tuple[torch.Tensor, torch.Tensor]:
     wanted = (goal - front + 1.0).clamp(min=0.0)
     gamma = (wanted / hill).clamp(PARAM_LOW[2], PARAM_HIGH[2])
     kind = torch.where(env.num_cells() >= c.max_cells, DELETE, SPAWN)
-    params = torch.stack(
-        [env.grad_dir[:, 0], env.grad_dir[:, 1], gamma, alpha, torch.full_like(front, PARAM_LOW[4])],
-        dim=-1,
-    )
+    noise = torch.full_like(front, PARAM_LOW[4])
+    params = torch.stack([env.grad_dir[:, 0], env.grad_dir[:, 1], gamma, alpha, noise], dim=-1)
     return kind, params
 
 
@@ -455,6 +456,8 @@ def run_episodes(env: DurotaxisCore, policy: Any, seed: int = 0) -> dict[str, fl
         lengths += live.float()
         success |= info["is_success"] & live
         done |= terminated | truncated
+        if bool(done.all()):  # one host sync per step: fine outside the training loop
+            break
     return {
         "success_rate": success.float().mean().item(),
         "mean_return": returns.mean().item(),
@@ -602,7 +605,7 @@ class DurotaxisVectorEnv(gymnasium.vector.VectorEnv):
 
 
 def _main() -> None:
-    """Print the random (floor) and heuristic (ceiling) success rates: `python -m envs.durotaxis`."""
+    """Print the random (floor) and heuristic (ceiling) success rates over one episode per env."""
     import argparse
 
     parser = argparse.ArgumentParser(description=_main.__doc__)

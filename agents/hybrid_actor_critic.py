@@ -1,0 +1,234 @@
+"""Hybrid actor-critic: ResNet encoders, a categorical kind and squashed-Gaussian parameters.
+
+An action is a discrete kind k (spawn / delete / hold) and a vector of continuous
+parameters a in a box [low, high]. Each parameter is a tanh-squashed Gaussian:
+u ~ N(mean, std), a = low + (high - low) (tanh(u) + 1) / 2, so by the change of variables
+
+    log p(a_j) = log N(u_j; mean_j, std_j) - log(1 - tanh(u_j)^2) - log((high_j - low_j) / 2).
+
+The log-probability of a hybrid action counts the kind and *only the parameters that
+kind uses* (`PARAMS_USED`, e.g. hold uses none, delete only the direction):
+
+    log pi(k, a) = log softmax(logits)_k + sum_j used[k, j] log p(a_j).
+
+Parameters a kind ignores do not affect the environment, so counting them would add
+noise to the PPO ratio with no effect on the return. The entropy bonus is
+H(kind) + sum_k p_k sum_j used[k, j] H(N(mean_j, std_j)) (the pre-squash Gaussian
+entropy, which has a closed form; the squashed one does not).
+
+The rollout stores u (pre-squash) next to the action, so log-probs are recomputed
+exactly (no atanh of a saturated value). Actor and critic each get a ResNetEncoder
+(or share one). Both start from the same weights (the critic's is a copy of the
+actor's, whatever the source, as two ImageNet loads would be); when both are frozen
+they stay equal forever, so only one is run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from encoders import EncoderConfig, ResNetEncoder
+from envs.durotaxis import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class HybridActorCriticConfig:
+    """The heads of the hybrid actor-critic."""
+
+    hidden_dim: int = 256
+    """Width of the actor and critic MLPs on top of the encoder features."""
+    share_encoder: bool = False
+    """One encoder for actor and critic (trained by both losses) instead of one each."""
+    spawn_bias_init: float = 1.0
+    """Initial logit bias of the spawn kind (the others start at 0)."""
+    log_std_init: float = -0.5
+    """Initial log std of the pre-squash Gaussians (state-independent, learned)."""
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights with gain std and constant bias (CleanRL's init)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def squash(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Pre-squash Gaussian sample -> parameter in [low, high]."""
+    return low + (high - low) * (torch.tanh(u) + 1.0) * 0.5
+
+
+def squashed_log_prob(
+    u: torch.Tensor,
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+) -> torch.Tensor:
+    """Per-dimension log density of squash(u) (change of variables, numerically stable)."""
+    gauss = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - _HALF_LOG_2PI
+    # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)): finite even where tanh(u) == 1.
+    log_dtanh = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+    return gauss - log_dtanh - torch.log((high - low) * 0.5)
+
+
+class HybridDistribution:
+    """The policy at a batch of states: kind logits and per-parameter Gaussians (pre-squash)."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        mean: torch.Tensor,
+        log_std: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        used: torch.Tensor,
+    ) -> None:
+        self.logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+        self.mean, self.log_std = mean, log_std.expand_as(mean)
+        self.low, self.high, self.used = low, high, used
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kind, u): a kind and pre-squash parameters."""
+        kind = torch.multinomial(self.logits.exp(), 1).squeeze(-1)
+        u = self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+        return kind, u
+
+    def mode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic action: most likely kind, Gaussian means."""
+        return self.logits.argmax(dim=-1), self.mean
+
+    def params(self, u: torch.Tensor) -> torch.Tensor:
+        """Environment parameters for pre-squash u."""
+        return squash(u, self.low, self.high)
+
+    def log_prob(self, kind: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """log pi(kind, squash(u)): kind log-prob + log-probs of the parameters it uses."""
+        kind_lp = self.logits.gather(-1, kind.long().unsqueeze(-1)).squeeze(-1)
+        param_lp = squashed_log_prob(u, self.mean, self.log_std, self.low, self.high)
+        return kind_lp + (param_lp * self.used[kind.long()]).sum(-1)
+
+    def entropy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kind entropy, expected entropy of the used pre-squash parameters)."""
+        probs = self.logits.exp()
+        kind_h = -(probs * self.logits).sum(-1)
+        gauss_h = 0.5 + _HALF_LOG_2PI + self.log_std  # B x P
+        per_kind = gauss_h @ self.used.T  # B x K: entropy of the parameters kind k uses
+        return kind_h, (probs * per_kind).sum(-1)
+
+
+class HybridActorCritic(nn.Module):
+    """Actor and critic on ResNet features; see the module docstring for the log-prob."""
+
+    def __init__(
+        self,
+        encoder_cfg: EncoderConfig,
+        obs_shape: tuple[int, int, int],
+        cfg: HybridActorCriticConfig = HybridActorCriticConfig(),
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        in_channels = obs_shape[0]
+        self.actor_encoder = ResNetEncoder(encoder_cfg, in_channels)
+        self.critic_encoder: ResNetEncoder | None = None
+        if not cfg.share_encoder:
+            # A copy, not a second load: same weights, buffers and source, loaded once.
+            self.critic_encoder = copy.deepcopy(self.actor_encoder)
+        dim, hidden = self.actor_encoder.out_dim, cfg.hidden_dim
+        num_kinds, num_params = len(PARAMS_USED), len(PARAM_LOW)
+
+        self.actor_trunk = nn.Sequential(
+            layer_init(nn.Linear(dim, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        )
+        kind_bias = torch.zeros(num_kinds)
+        kind_bias[SPAWN] = cfg.spawn_bias_init
+        self.kind_head = layer_init(nn.Linear(hidden, num_kinds), std=0.01)
+        with torch.no_grad():
+            self.kind_head.bias.copy_(kind_bias)
+        self.mean_head = layer_init(nn.Linear(hidden, num_params), std=0.01)
+        self.log_std = nn.Parameter(torch.full((num_params,), cfg.log_std_init))
+        self.critic_head = nn.Sequential(
+            layer_init(nn.Linear(dim, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+            layer_init(nn.Linear(hidden, 1), std=1.0),
+        )
+        self.register_buffer("param_low", torch.tensor(PARAM_LOW), persistent=False)
+        self.register_buffer("param_high", torch.tensor(PARAM_HIGH), persistent=False)
+        used = torch.tensor(PARAMS_USED, dtype=torch.float32)
+        self.register_buffer("params_used", used, persistent=False)
+        # Decided once: what trains is fixed at construction, and act() asks every step.
+        encoders = [self.actor_encoder] + ([self.critic_encoder] if self.critic_encoder else [])
+        self._features_are_fixed = not any(
+            p.requires_grad for e in encoders for p in e.parameters()
+        )
+
+    # ----- what is frozen, and what the rollout can cache ---------------------------------
+    @property
+    def features_are_fixed(self) -> bool:
+        """True when no encoder parameter trains: rollout features equal the update's.
+
+        (freeze_mode=all with a spatial-softmax pool still trains the pool: not fixed.)
+        """
+        return self._features_are_fixed
+
+    @property
+    def runs_one_encoder(self) -> bool:
+        """Shared encoder, or two frozen copies of the same weights: run only the actor's."""
+        return self.critic_encoder is None or self.features_are_fixed
+
+    def components(self) -> dict[str, nn.Module]:
+        """Named parts for the parameter report."""
+        parts: dict[str, nn.Module] = {"actor_encoder": self.actor_encoder}
+        parts["actor_heads"] = nn.ModuleList([self.actor_trunk, self.kind_head, self.mean_head])
+        if self.critic_encoder is not None:
+            parts["critic_encoder"] = self.critic_encoder
+        parts["critic_head"] = self.critic_head
+        return parts
+
+    # ----- forward pieces -----------------------------------------------------------------
+    @staticmethod
+    def _to_float(obs: torch.Tensor) -> torch.Tensor:
+        return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor features, critic features) of uint8 or [0, 1] images."""
+        x = self._to_float(obs)
+        actor = self.actor_encoder(x)
+        if self.runs_one_encoder:
+            return actor, actor
+        return actor, self.critic_encoder(x)
+
+    def distribution(self, actor_features: torch.Tensor) -> HybridDistribution:
+        """The policy at these features."""
+        h = self.actor_trunk(actor_features)
+        return HybridDistribution(
+            self.kind_head(h), self.mean_head(h), self.log_std,
+            self.param_low, self.param_high, self.params_used,
+        )
+
+    def value(self, critic_features: torch.Tensor) -> torch.Tensor:
+        """State values, shape B."""
+        return self.critic_head(critic_features).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Sample (or take the mode of) an action; returns what a rollout stores."""
+        actor_f, critic_f = self.encode(obs)
+        dist = self.distribution(actor_f)
+        kind, u = dist.mode() if deterministic else dist.sample()
+        return {
+            "kind": kind,
+            "u": u,
+            "params": dist.params(u),
+            "log_prob": dist.log_prob(kind, u),
+            "value": self.value(critic_f),
+            "actor_features": actor_f,
+            "critic_features": critic_f,
+        }
