@@ -175,6 +175,8 @@ class DarkroomBatch:
         self.num_envs = len(tasks)
         self.generator = generator
         self._moves = torch.tensor(MOVES, dtype=torch.long, device=self.device)
+        # Made once: building it from a Python tuple at every reset is a host copy.
+        self._centre = torch.tensor(grid.centre, dtype=torch.long, device=self.device)
         self.t = 0
         self.pos = torch.zeros(self.num_envs, 2, dtype=torch.long, device=self.device)
         self.has_key = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -195,9 +197,7 @@ class DarkroomBatch:
                 generator=self.generator,
             )
         else:
-            self.pos = torch.tensor(self.grid.centre, device=self.device).expand(
-                self.num_envs, 2
-            ).clone()
+            self.pos = self._centre.expand(self.num_envs, 2).clone()
         self.has_key.zero_()
         self.done_goal.zero_()
         return self.pos.clone()
@@ -224,11 +224,20 @@ class DarkroomBatch:
         return self.pos.clone(), reward, self.t >= self.grid.horizon
 
     def markov_state(self) -> torch.Tensor:
-        """Cell index (plus size^2 once the key is held): what a tabular learner needs."""
+        """Cell index plus size^2 x reward phase: what a tabular learner needs.
+
+        The phase (key held, goal or door already paid) is hidden from the observation
+        but decides future rewards, so a tabular learner must see it to stay Markov.
+        """
         cell = self.pos[:, 0] * self.grid.size + self.pos[:, 1]
-        if self.grid.key_to_door:
-            cell = cell + self.has_key.long() * self.grid.size**2
-        return cell
+        phase = self.has_key.long() + self.done_goal.long()
+        return cell + phase * self.grid.size**2
+
+    @property
+    def num_markov_states(self) -> int:
+        """How many values markov_state() can take."""
+        phases = 3 if self.grid.key_to_door else (2 if self.grid.reward_once else 1)
+        return phases * self.grid.size**2
 
 
 def oracle_action(grid: GridSpec, pos: torch.Tensor, tasks: torch.Tensor,
