@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-AGENTS: dict[str, tuple[type, type]] = {}
+from agents.ad import ADAgent, ADConfig
+from agents.compressed_ad import (
+    CompressedADAgent,
+    CompressedADConfig,
+    CompressedADPretrainAgent,
+    CompressedADPretrainConfig,
+)
+from agents.fbc import FBCAgent, FBCConfig
+
+AGENTS: dict[str, tuple[type, type]] = {
+    "fbc": (FBCConfig, FBCAgent),
+    "ad": (ADConfig, ADAgent),
+    "compressed_ad_pretrain": (CompressedADPretrainConfig, CompressedADPretrainAgent),
+    "compressed_ad": (CompressedADConfig, CompressedADAgent),
+}
 
 
 def agent_name(spec: str) -> str:

@@ -48,3 +48,39 @@ def get_bc_task(name: str) -> BCTask:
     except KeyError:
         known = ", ".join(sorted(BC_TASKS))
         raise ValueError(f"unknown env_name {name!r}; known: {known}") from None
+
+# ---- Darkroom: Algorithm Distillation of learning histories (envs/darkroom_task.py)
+# Paper optimiser settings: batch 128 (Adam 3e-4 with cosine decay lives in the agent config).
+# eval_episodes counts in-context episodes per held-out task: AD keeps improving to ~80.
+_DARKROOM_DEFAULTS = {
+    "offline_steps": 20_000,
+    "batch_size": 128,
+    "eval_interval": 5_000,
+    "eval_episodes": 100,
+    "save_interval": 5_000,
+}
+register_bc_task(BCTask("darkroom", "envs.darkroom_task", "ad", dict(_DARKROOM_DEFAULTS),
+                        {"env": "darkroom"}))
+register_bc_task(BCTask("darkroom-hard", "envs.darkroom_task", "ad", dict(_DARKROOM_DEFAULTS),
+                        {"env": "darkroom-hard"}))
+register_bc_task(BCTask("dark-key-to-door", "envs.darkroom_task", "ad",
+                        {**_DARKROOM_DEFAULTS, "eval_episodes": 60}, {"env": "dark-key-to-door"}))
+
+# ---- Lift: flow-matching BC on robomimic camera demos (envs/lift_task.py)
+# Horizons are robomimic's (ph 400, mh 500). lift-ph/mh-image need --dataset: the real
+# files cannot be downloaded here (envs.lift_demos render makes their image version).
+_LIFT_DEFAULTS = {
+    "offline_steps": 20_000,
+    "batch_size": 256,
+    "eval_interval": 5_000,
+    "eval_episodes": 50,
+    "eval_workers": 2,
+    "save_interval": 5_000,
+}
+register_bc_task(BCTask("lift-scripted-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
+                        {"variant": "scripted", "num_demos": 100, "operators": 3,
+                         "horizon": 400}))
+register_bc_task(BCTask("lift-ph-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
+                        {"variant": "ph", "horizon": 400}))
+register_bc_task(BCTask("lift-mh-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
+                        {"variant": "mh", "horizon": 500}))

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes.util
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
+
 import numpy as np
 
 # Lift camera observations and the proprio keys the policies read.
@@ -94,10 +97,29 @@ def select_gl_backend() -> str:
     ok = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
     backend = "egl" if ok else "osmesa"
     if not ok:
+        if ctypes.util.find_library("OSMesa") is None:
+            raise RuntimeError(
+                "offscreen rendering needs EGL (Mesa libegl1) or OSMesa (Debian libosmesa6); "
+                "EGL failed to make a context and libOSMesa is not installed"
+            )
         print("[envs.lift] EGL rendering unavailable; falling back to MUJOCO_GL=osmesa", flush=True)
     os.environ["MUJOCO_GL"] = backend
     os.environ.setdefault("PYOPENGL_PLATFORM", backend)
     return backend
+
+
+def _load_triton_first() -> None:
+    """Import triton (if installed) before any GL context exists.
+
+    Measured here: with Mesa EGL and the CUDA build of torch, importing triton after a
+    robosuite render context was made segfaults the process; torch._dynamo imports it
+    lazily, e.g. when torchvision.ops is first imported. Loading it first is harmless.
+    """
+    try:
+        from torch.utils._triton import has_triton_package
+    except ImportError:
+        return
+    has_triton_package()  # cached after the first call
 
 
 _FAST_CLASSES: dict[tuple[str, bool, bool], type] = {}
@@ -146,7 +168,9 @@ class LiftEnv:
         if isinstance(env_args, str):
             env_args = json.loads(env_args)
         if env_args.get("type", 1) != 1:
-            raise ValueError(f"env_args type {env_args.get('type')} is not a robosuite env (type 1)")
+            raise ValueError(
+                f"env_args type {env_args.get('type')} is not a robosuite env (type 1)"
+            )
         kwargs = copy.deepcopy(env_args["env_kwargs"])
         self.cameras = tuple(kwargs.get("camera_names") or ()) if use_images else ()
         if isinstance(kwargs.get("camera_names"), str):
@@ -167,15 +191,25 @@ class LiftEnv:
             kwargs["camera_names"] = list(self.cameras)
         kwargs.pop("env_name", None)
         select_gl_backend()
+        _load_triton_first()
         self.env_name = env_args["env_name"]
         settings = render_settings or (fast_render, fast_render)
-        self.env = _env_class(self.env_name, *settings)(**kwargs)
+        env_class = _env_class(self.env_name, *settings)
+        # Files written by other robosuite versions may carry kwargs this one lacks.
+        accepted = inspect.signature(env_class.__init__).parameters
+        dropped = sorted(k for k in kwargs if k not in accepted)
+        if dropped:
+            print(f"[envs.lift] ignoring env kwargs robosuite 1.4 does not take: {dropped}")
+        self.env = env_class(**{k: v for k, v in kwargs.items() if k in accepted})
         # robomimic activates these so that its datasets hold them; keep files alike.
         for name in self.env.observation_names:
             if "joint_pos" in name or "eef_vel" in name:
                 self.env.modify_observable(observable_name=name, attribute="active", modifier=True)
         self.action_dim = int(self.env.action_dim)
-        self.image_size = (int(kwargs.get("camera_heights", 84)), int(kwargs.get("camera_widths", 84)))
+        self.image_size = (
+            int(kwargs.get("camera_heights", 84)),
+            int(kwargs.get("camera_widths", 84)),
+        )
 
     def _observation(self, raw: dict | None = None) -> dict[str, np.ndarray]:
         if raw is None:

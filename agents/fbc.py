@@ -1,0 +1,398 @@
+"""Flow-matching behaviour cloning on action chunks, with a multi-camera ResNet encoder.
+
+The policy predicts a chunk of `chunk_length` actions. Training regresses a velocity
+field on the straight path between noise and the expert chunk: x_t = (1 - t) x0 + t x1,
+x0 ~ N(0, I), target x1 - x0; sampling integrates it with `flow_steps` Euler steps from
+noise. The observation encoder runs one ResNet body per camera (or one shared body),
+concatenates the image features with the normalised low-dim observations and projects
+them to `emb_dim` with a 2-layer MLP.
+
+Three things a public port of this agent got wrong and this file does not: the
+projection is in the optimizer (with the body, when it trains, at `backbone_lr`), the
+rollout policy runs in eval mode, and the pretrained BatchNorm layers stay BatchNorm.
+
+Frozen body and no augmentation: a frame's image features never change, so `prepare`
+computes them once for the whole dataset (batched, on the device) and training reads
+them from that cache instead of running the ResNet at every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from encoders import EncoderConfig, ResNetEncoder
+from training.diagnostics import grad_norms
+from training.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class FBCConfig:
+    """Flow-matching BC with action chunks on camera + proprio observations."""
+
+    pretrained_encoder: bool = True
+    """ImageNet weights (weights=auto: random init with a loud warning when not cached)."""
+    freeze_encoder: bool = True
+    """Freeze the ResNet bodies (params and BatchNorm statistics); only the heads train."""
+    rgb_model_name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    """ResNet body for every camera."""
+    encoder_weights: str = ""
+    """Explicit body weights (imagenet | random | PATH); overrides pretrained_encoder."""
+    share_encoder: bool = False
+    """One body for all cameras instead of one per camera."""
+    pooling: Literal["avg", "spatial_softmax"] = "avg"
+    """Pooling of the body's feature map: global average or spatial-softmax keypoints."""
+    emb_dim: int = 256
+    """Output of the 2-layer projection of image features + low-dim observations."""
+    random_crop: bool = False
+    """Random crops in training (centre crop in rollouts); turns the feature cache off."""
+    crop_size: int = 76
+    """Side of the crop when random_crop is on."""
+    chunk_length: int = 16
+    """Actions predicted per policy query."""
+    action_horizon: int = 8
+    """Actions of each predicted chunk executed before the policy is queried again."""
+    flow_steps: int = 10
+    """Euler steps from noise to an action chunk."""
+    hidden_dim: int = 512
+    """Width of the velocity MLP."""
+    num_layers: int = 4
+    """Hidden layers of the velocity MLP."""
+    lr: float = 1e-4
+    """AdamW learning rate of the heads (projection + velocity MLP)."""
+    backbone_lr: float = 1e-4
+    """AdamW learning rate of the ResNet bodies when they train."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    ema: bool = True
+    """Act with an exponential moving average of the trained weights."""
+    ema_decay: float = 0.999
+    """EMA decay (warmed up as min(decay, (1 + n) / (10 + n)) over updates n)."""
+    cache_batch_size: int = 256
+    """Frames per batch when prepare() embeds the dataset with a frozen body."""
+
+    def __post_init__(self) -> None:
+        if self.action_horizon < 1 or self.action_horizon > self.chunk_length:
+            raise ValueError(
+                f"action_horizon must be in 1..chunk_length ({self.chunk_length}), "
+                f"got {self.action_horizon}"
+            )
+        if self.flow_steps < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}")
+
+    @property
+    def weights(self) -> str:
+        """Weights spec handed to the encoder core."""
+        if self.encoder_weights:
+            return self.encoder_weights
+        return "auto" if self.pretrained_encoder else "random"
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Frozen body and no augmentation: a frame's features are a constant."""
+        return self.freeze_encoder and not self.random_crop
+
+
+def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
+    """B x C x H x W -> B x C x size x size: per-sample random crops, or the centre."""
+    b, _, h, w = x.shape
+    if size >= h and size >= w:
+        return x
+    if not random:
+        top, left = (h - size) // 2, (w - size) // 2
+        return x[:, :, top : top + size, left : left + size]
+    top = torch.randint(0, h - size + 1, (b, 1), device=x.device)
+    left = torch.randint(0, w - size + 1, (b, 1), device=x.device)
+    offsets = torch.arange(size, device=x.device)
+    rows = (top + offsets)[:, None, :, None]  # B x 1 x size x 1
+    cols = (left + offsets)[:, None, None, :]  # B x 1 x 1 x size
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return x[batch, chans, rows, cols]
+
+
+class ObsEncoder(nn.Module):
+    """Cameras through ResNet bodies + normalised low-dim, projected to emb_dim."""
+
+    def __init__(self, cfg: FBCConfig, spec: dict) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_keys = list(spec["image_keys"])
+        self.lowdim_keys = list(spec["lowdim_keys"])
+        enc_cfg = EncoderConfig(
+            arch=cfg.rgb_model_name,
+            weights=cfg.weights,
+            freeze_mode="all" if cfg.freeze_encoder else "none",
+            pooling=cfg.pooling,
+        )
+        channels = int(spec["image_shape"][0])
+        if cfg.share_encoder:
+            shared = ResNetEncoder(enc_cfg, channels)
+            self.bodies = nn.ModuleDict({"shared": shared})
+        else:
+            self.bodies = nn.ModuleDict(
+                {k: ResNetEncoder(enc_cfg, channels) for k in self.image_keys}
+            )
+        mean = torch.cat([torch.tensor(spec["lowdim_mean"][k]) for k in self.lowdim_keys])
+        std = torch.cat([torch.tensor(spec["lowdim_std"][k]) for k in self.lowdim_keys])
+        self.register_buffer("lowdim_mean", mean.float())
+        # A constant dimension (std 0) must not blow up: floor the scale.
+        self.register_buffer("lowdim_std", std.float().clamp_min(1e-3))
+        feat_dim = sum(self.body(k).out_dim for k in self.image_keys) + len(mean)
+        self.projection = nn.Sequential(
+            nn.Linear(feat_dim, cfg.emb_dim), nn.ReLU(), nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        )
+
+    def body(self, key: str) -> ResNetEncoder:
+        """The body that encodes camera key."""
+        return self.bodies["shared"] if self.cfg.share_encoder else self.bodies[key]
+
+    def pool_trains(self, key: str) -> bool:
+        """Whether the pooling head has parameters that train (spatial softmax)."""
+        return any(p.requires_grad for p in self.body(key).pool.parameters())
+
+    def frozen_part(self, key: str, images: torch.Tensor) -> torch.Tensor:
+        """What a frozen body computes from images: the pooled features, or the feature
+        map when the pooling trains (what the feature cache stores)."""
+        crop = self.cfg.random_crop
+        images = (
+            crop_images(images, self.cfg.crop_size, random=crop and self.training)
+            if crop
+            else images
+        )
+        body = self.body(key)
+        return body.feature_map(images) if self.pool_trains(key) else body(images)
+
+    def image_features(self, key: str, frozen: torch.Tensor) -> torch.Tensor:
+        """Features of one camera from frozen_part's output."""
+        return self.body(key).pool(frozen) if self.pool_trains(key) else frozen
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], cached: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Batch of processed obs/<key> (and optionally cached frozen parts) -> B x emb_dim."""
+        feats = []
+        for key in self.image_keys:
+            frozen = cached[key] if cached is not None else self.frozen_part(key, obs[f"obs/{key}"])
+            feats.append(self.image_features(key, frozen))
+        lowdim = torch.cat([obs[f"obs/{k}"] for k in self.lowdim_keys], dim=-1)
+        feats.append((lowdim - self.lowdim_mean) / self.lowdim_std)
+        return self.projection(torch.cat(feats, dim=-1))
+
+
+class VelocityMLP(nn.Module):
+    """v(x_t, t, obs embedding) for a flattened action chunk."""
+
+    def __init__(self, action_size: int, emb_dim: int, hidden_dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), 32)))
+        layers: list[nn.Module] = []
+        width = action_size + 2 * len(self.freqs) + emb_dim
+        for _ in range(num_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.GELU()]
+            width = hidden_dim
+        layers.append(nn.Linear(width, action_size))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x: B x D, t: B x 1 in [0, 1], emb: B x E -> B x D."""
+        angles = t * self.freqs
+        return self.net(torch.cat([x, angles.sin(), angles.cos(), emb], dim=-1))
+
+
+class FlowPolicy(nn.Module):
+    """Encoder + velocity field; forward samples action chunks (for EMA functional calls)."""
+
+    def __init__(self, cfg: FBCConfig, spec: dict) -> None:
+        super().__init__()
+        self.chunk_length = cfg.chunk_length
+        self.action_dim = int(spec["action_dim"])
+        self.flow_steps = cfg.flow_steps
+        self.encoder = ObsEncoder(cfg, spec)
+        self.velocity = VelocityMLP(
+            cfg.chunk_length * self.action_dim, cfg.emb_dim, cfg.hidden_dim, cfg.num_layers
+        )
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sample action chunks B x chunk x A, clipped to the action range [-1, 1]."""
+        emb = self.encoder(obs)
+        return self.sample(emb)
+
+    def sample(self, emb: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Euler-integrate the velocity field from noise, conditioned on emb."""
+        b = emb.shape[0]
+        x = (
+            noise
+            if noise is not None
+            else torch.randn(b, self.chunk_length * self.action_dim, device=emb.device)
+        )
+        dt = 1.0 / self.flow_steps
+        for i in range(self.flow_steps):
+            t = torch.full((b, 1), i * dt, device=emb.device)
+            x = x + dt * self.velocity(x, t, emb)
+        return x.view(b, self.chunk_length, self.action_dim).clamp(-1.0, 1.0)
+
+    def flow_loss(self, emb: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the velocity against x1 - x0 on the straight path."""
+        x1 = actions.flatten(1)
+        x0 = torch.randn_like(x1)
+        t = torch.rand(x1.shape[0], 1, device=x1.device)
+        xt = (1.0 - t) * x0 + t * x1
+        return F.mse_loss(self.velocity(xt, t, emb), x1 - x0)
+
+
+class EMA(nn.Module):
+    """Moving averages of a module's trainable parameters, kept as buffers (checkpointed,
+    and not counted as model parameters by the parameter report)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        params = dict(module.named_parameters())
+        for name in self.names:
+            self.register_buffer(self._key(name), params[name].detach().clone())
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "__")
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """One EMA step towards the module's current parameters (warmed-up decay)."""
+        n = self.updates.float()
+        decay = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
+        params = dict(module.named_parameters())
+        averages = [getattr(self, self._key(name)) for name in self.names]
+        current = [params[name].detach() for name in self.names]
+        torch._foreach_lerp_(averages, current, 1.0 - decay)
+        self.updates += 1
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> averaged tensor, for torch.func.functional_call."""
+        return {name: getattr(self, self._key(name)) for name in self.names}
+
+
+class CachedFeatureData:
+    """Wraps task data: batches carry the frozen bodies' outputs instead of images."""
+
+    def __init__(self, data, features: dict[str, torch.Tensor]) -> None:
+        self.data = data
+        self.features = features
+        self.spec = data.spec
+        self.num_samples = data.num_samples
+
+    def describe(self) -> str:
+        """The wrapped data's description plus the cache's size."""
+        mb = sum(f.numel() * f.element_size() for f in self.features.values()) / 2**20
+        return f"{self.data.describe()}; frozen features cached ({mb:.0f} MiB)"
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch without images, with features/<camera> from the cache."""
+        idx = self.data.sample_indices(batch_size, generator)
+        batch = self.data.batch(idx, images=False)
+        for key, feats in self.features.items():
+            batch[f"features/{key}"] = feats[idx]
+        return batch
+
+
+class FBCAgent(nn.Module):
+    """Flow-matching BC agent: update(batch), act(obs) -> actions to execute."""
+
+    def __init__(self, cfg: FBCConfig, spec: dict, device: torch.device) -> None:
+        super().__init__()
+        if int(spec.get("chunk_length", cfg.chunk_length)) != cfg.chunk_length:
+            raise ValueError(
+                f"data chunks have {spec['chunk_length']} actions but chunk_length is "
+                f"{cfg.chunk_length}"
+            )
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.policy = FlowPolicy(cfg, spec)
+        self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema else None
+        self.to(self.device)
+        self.optimizer = build_optimizer(
+            self,
+            backbone_lr=cfg.backbone_lr,
+            head_lr=cfg.lr,
+            kind="adamw",
+            weight_decay=cfg.weight_decay,
+        )
+
+    def components(self) -> dict[str, nn.Module]:
+        """Parts for the parameter report."""
+        enc = self.policy.encoder
+        return {
+            "encoder/bodies": enc.bodies,
+            "encoder/projection": enc.projection,
+            "velocity_mlp": self.policy.velocity,
+        }
+
+    def _cached(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        keys = self.policy.encoder.image_keys
+        if all(f"features/{k}" in batch for k in keys):
+            return {k: batch[f"features/{k}"] for k in keys}
+        return None
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on the flow-matching loss."""
+        self.train()
+        emb = self.policy.encoder(batch, cached=self._cached(batch))
+        loss = self.policy.flow_loss(emb, batch["actions"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        info = grad_norms(self.optimizer)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.policy)
+        info["train/flow_loss"] = loss.item()
+        return info
+
+    @torch.no_grad()
+    def sample_chunks(self, obs: dict[str, torch.Tensor], use_ema: bool = True) -> torch.Tensor:
+        """Full predicted chunks B x chunk x A, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            if use_ema and self.ema is not None:
+                return torch.func.functional_call(self.policy, self.ema.tensors(), (obs,))
+            return self.policy(obs)
+        finally:
+            self.train(was_training)
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The next action_horizon actions for each observation: B x action_horizon x A."""
+        return self.sample_chunks(obs)[:, : self.cfg.action_horizon]
+
+    @torch.no_grad()
+    def frozen_features(self, data) -> dict[str, torch.Tensor]:
+        """Every frame's frozen-body output, batched on the device, in data order."""
+        enc = self.policy.encoder
+        was_training = self.training
+        self.eval()
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in enc.image_keys}
+        bs = self.cfg.cache_batch_size
+        starts = range(0, data.num_samples, bs)
+        for start in tqdm(starts, desc="embedding frames (frozen encoder)", unit="batch"):
+            idx = torch.arange(start, min(start + bs, data.num_samples), device=data.device)
+            batch = data.batch(idx)
+            for key in enc.image_keys:
+                out[key].append(enc.frozen_part(key, batch[f"obs/{key}"]))
+        self.train(was_training)
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def prepare(self, data):
+        """Cache frozen features when they are constants; otherwise return data as is."""
+        if not self.cfg.uses_feature_cache:
+            return data
+        if not (hasattr(data, "batch") and hasattr(data, "sample_indices")):
+            tqdm.write("fbc: data cannot be indexed frame by frame; training without a cache")
+            return data
+        return CachedFeatureData(data, self.frozen_features(data))

@@ -1,0 +1,518 @@
+"""The Lift tasks of train_bc.py: robomimic image demos and robosuite rollouts.
+
+Data goes through robomimic's own `SequenceDataset` (sequence indexing, end-of-demo
+padding of the action chunk by repetition, train/valid filter keys) and its `ObsUtils`
+observation processing, so real robomimic lift ph/mh image files load unchanged. The
+frames are read once into tensors on the device (images stay uint8) and each batch is
+processed there: `sample` costs a gather, not a Python loop over items.
+
+Evaluation runs real rollouts in robosuite, built from the dataset's `env_args`, in
+`num_workers` worker processes that step their episodes in parallel while the policy
+acts on all of them in one batch; one episode is rendered to an mp4.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from envs.lift import CAMERAS, HORIZON_PH, IMAGE_SIZE, LOWDIM_KEYS
+
+IMAGE_KEYS = tuple(f"{cam}_image" for cam in CAMERAS)
+
+
+def _robomimic_url(variant: str) -> str:
+    """Where robomimic's own registry says the lift low-dim file of this variant lives."""
+    import robomimic
+
+    try:
+        return robomimic.DATASET_REGISTRY["lift"][variant]["low_dim"]["url"]
+    except KeyError:
+        return "https://robomimic.github.io/docs/datasets/robomimic_v0.1.html"
+
+
+def _render_hint(path: str) -> str:
+    return (
+        f"make an image file with `python -m envs.lift_demos render --input {path} "
+        f"--output IMAGE.hdf5`"
+    )
+
+
+def check_dataset(
+    path: Path, image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...], image_size: int
+) -> dict:
+    """Validate a robomimic file for these keys; returns its env_args. One-line errors."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset {path} does not exist (--dataset takes a robomimic lift image HDF5)"
+        )
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"dataset {path} is not an HDF5 file ({err})") from None
+    with f:
+        if "data" not in f or "env_args" not in f["data"].attrs:
+            raise ValueError(f"dataset {path} is not a robomimic file (no data.attrs['env_args'])")
+        demos = [k for k in f["data"] if k.startswith("demo_")]
+        if not demos:
+            raise ValueError(f"dataset {path} holds no demos under data/")
+        for demo in demos:
+            g = f[f"data/{demo}"]
+            if "actions" not in g:
+                raise ValueError(f"dataset {path}: data/{demo} has no 'actions'")
+            obs = g.get("obs")
+            for key in (*image_keys, *lowdim_keys):
+                if obs is None or key not in obs:
+                    hint = f"; {_render_hint(str(path))}" if key in image_keys else ""
+                    raise ValueError(f"dataset {path}: data/{demo}/obs has no {key!r}{hint}")
+            for key in image_keys:
+                shape = tuple(obs[key].shape[1:])
+                if shape != (image_size, image_size, 3) or obs[key].dtype != np.uint8:
+                    raise ValueError(
+                        f"dataset {path}: data/{demo}/obs/{key} is {obs[key].dtype} "
+                        f"{'x'.join(map(str, shape))}, expected uint8 {image_size}x{image_size}x3 "
+                        f"(re-render with `python -m envs.lift_demos render --image_size "
+                        f"{image_size}`)"
+                    )
+        return json.loads(f["data"].attrs["env_args"])
+
+
+def _init_obs_utils(image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...]) -> None:
+    import robomimic.utils.obs_utils as ObsUtils
+
+    ObsUtils.initialize_obs_utils_with_obs_specs(
+        {"obs": {"low_dim": list(lowdim_keys), "rgb": list(image_keys)}}
+    )
+
+
+def process_obs(raw: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """robomimic's processing (uint8 HWC -> float CHW in [0, 1]); keys become obs/<key>."""
+    import robomimic.utils.obs_utils as ObsUtils
+
+    return {f"obs/{k}": ObsUtils.process_obs(raw[k], obs_key=k).float() for k in keys}
+
+
+class LiftData:
+    """A robomimic lift file on the device: frames, proprio and action chunks."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        chunk_length: int,
+        image_keys: tuple[str, ...],
+        lowdim_keys: tuple[str, ...],
+        image_size: int,
+        device: torch.device,
+        filter_key: str | None = None,
+        horizon: int = HORIZON_PH,
+    ) -> None:
+        from robomimic.utils.dataset import SequenceDataset
+
+        env_args = check_dataset(path, image_keys, lowdim_keys, image_size)
+        if filter_key is not None:
+            with h5py.File(path, "r") as f:
+                if f"mask/{filter_key}" not in f:
+                    raise ValueError(f"dataset {path} has no filter key mask/{filter_key}")
+        _init_obs_utils(image_keys, lowdim_keys)
+        dataset = SequenceDataset(
+            hdf5_path=str(path),
+            obs_keys=(*image_keys, *lowdim_keys),
+            dataset_keys=("actions",),
+            frame_stack=1,
+            seq_length=chunk_length,
+            pad_frame_stack=True,
+            pad_seq_length=True,
+            get_pad_mask=False,
+            goal_mode=None,
+            hdf5_cache_mode="low_dim",  # images are read once below, per demo
+            hdf5_use_swmr=True,
+            hdf5_normalize_obs=False,
+            filter_by_attribute=filter_key,
+            load_next_obs=False,
+        )
+        frames: dict[str, list[np.ndarray]] = {k: [] for k in (*image_keys, *lowdim_keys)}
+        chunks, demo_of = [], []
+        for d, demo in enumerate(dataset.demos):
+            length = dataset._demo_id_to_demo_length[demo]
+            for key in frames:
+                frames[key].append(np.asarray(dataset.get_dataset_for_ep(demo, f"obs/{key}")[()]))
+            # Index t's chunk is actions[t : t + chunk], padded by repeating the last one.
+            chunks.extend(
+                dataset.get_dataset_sequence_from_demo(
+                    demo, index_in_demo=t, keys=("actions",), seq_length=chunk_length
+                )["actions"]
+                for t in range(length)
+            )
+            demo_of.extend([d] * length)
+        dataset.close_and_delete_hdf5_handle()
+        if len(chunks) != len(dataset):
+            raise RuntimeError(f"read {len(chunks)} sequences, robomimic counts {len(dataset)}")
+
+        self.path = path
+        self.device = device
+        self.image_keys, self.lowdim_keys = image_keys, lowdim_keys
+        self.num_demos = len(dataset.demos)
+        self.frames = {
+            k: torch.from_numpy(
+                np.concatenate(v).astype(np.uint8 if k in image_keys else np.float32)
+            ).to(device)
+            for k, v in frames.items()
+        }
+        actions = np.stack(chunks).astype(np.float32)
+        self.actions = torch.from_numpy(actions).to(device)
+        self.demo_index = torch.tensor(demo_of, device=device)
+        self.num_samples = len(chunks)
+        if np.abs(actions).max() > 1.0 + 1e-6:
+            raise ValueError(
+                f"dataset {path}: actions leave [-1, 1] (max |a| {np.abs(actions).max():.3g})"
+            )
+        lowdim = {k: self.frames[k] for k in lowdim_keys}
+        self.spec = {
+            "image_keys": list(image_keys),
+            "image_shape": [3, image_size, image_size],
+            "lowdim_keys": list(lowdim_keys),
+            "lowdim_dims": {k: int(v.shape[1]) for k, v in lowdim.items()},
+            "lowdim_mean": {k: v.mean(0).tolist() for k, v in lowdim.items()},
+            "lowdim_std": {k: v.std(0).tolist() for k, v in lowdim.items()},
+            "action_dim": int(actions.shape[-1]),
+            "chunk_length": chunk_length,
+            "env_args": env_args,
+            "horizon": horizon,
+            "dataset": str(path),
+        }
+
+    def describe(self) -> str:
+        """One line about the data."""
+        cams = ", ".join(self.image_keys)
+        return (
+            f"lift data {self.path}: {self.num_demos} demos, {self.num_samples} samples, "
+            f"cameras [{cams}], low-dim {list(self.lowdim_keys)}, action chunks "
+            f"{tuple(self.actions.shape[1:])}, on {self.device}"
+        )
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform sample indices (drawn with the generator, on its device), on the data's."""
+        idx = torch.randint(
+            self.num_samples, (batch_size,), generator=generator, device=generator.device
+        )
+        return idx.to(self.device)
+
+    def batch(self, indices: torch.Tensor, images: bool = True) -> dict[str, torch.Tensor]:
+        """Processed obs/<key>, actions (B, chunk, A) and index for these samples."""
+        keys = (*self.image_keys, *self.lowdim_keys) if images else self.lowdim_keys
+        out = process_obs({k: self.frames[k][indices] for k in keys}, keys)
+        out["actions"] = self.actions[indices]
+        out["index"] = indices
+        return out
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A training batch on the device."""
+        return self.batch(self.sample_indices(batch_size, generator))
+
+
+def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: int) -> Path:
+    """The generated default file, made on first use (with a progress bar)."""
+    from envs.lift_demos import generate
+
+    path = cache_dir / f"lift_scripted_image_n{num_demos}_op{operators}_s{data_seed}.hdf5"
+    if not path.exists():
+        print(f"generating the default Lift dataset ({num_demos} scripted demos) at {path}")
+        generate(path, num_demos, seed=data_seed, operators=operators)
+    return path
+
+
+def make_data(
+    dataset: str | None,
+    agent_cfg,
+    *,
+    device: torch.device,
+    seed: int,
+    cache_dir: Path,
+    variant: str = "scripted",
+    num_demos: int = 100,
+    operators: int = 3,
+    data_seed: int = 0,
+    filter_key: str | None = None,
+    horizon: int = HORIZON_PH,
+    image_keys: tuple[str, ...] = IMAGE_KEYS,
+    lowdim_keys: tuple[str, ...] = LOWDIM_KEYS,
+    image_size: int = IMAGE_SIZE,
+    **_: object,
+) -> LiftData:
+    """Lift demos as chunked training data; dataset None = generated scripted demos.
+
+    The real robomimic files cannot be downloaded here: lift-ph/mh-image need --dataset.
+    """
+    if dataset is None:
+        if variant != "scripted":
+            url = _robomimic_url(variant)
+            raise FileNotFoundError(
+                f"lift-{variant}-image needs --dataset PATH (nothing can be downloaded here): "
+                f"get robomimic's lift/{variant} low-dim file ({url}, or `python -m "
+                f"robomimic.scripts.download_datasets --tasks lift --dataset_types {variant} "
+                f"--hdf5_types low_dim`), then {_render_hint(Path(url).name)}"
+            )
+        path = default_dataset(Path(cache_dir), num_demos, operators, data_seed)
+    else:
+        path = Path(dataset).expanduser()
+    return LiftData(
+        path,
+        chunk_length=int(getattr(agent_cfg, "chunk_length", 1)),
+        image_keys=tuple(image_keys),
+        lowdim_keys=tuple(lowdim_keys),
+        image_size=image_size,
+        device=device,
+        filter_key=filter_key,
+        horizon=horizon,
+    )
+
+
+# ---- evaluation
+
+
+class EpisodeRunner:
+    """One robosuite env stepping whole action chunks; used in workers and in-process."""
+
+    def __init__(self, env_args: dict, horizon: int, video_size: int = 256) -> None:
+        from envs.lift import LiftEnv
+
+        self.env = LiftEnv(env_args)
+        self.horizon = horizon
+        self.video_size = video_size
+        self.record = False
+        self.frames: list[np.ndarray] = []
+
+    def reset(self, seed: int, record: bool) -> dict[str, np.ndarray]:
+        """Start an episode from the seed's initial state."""
+        self.length, self.success, self.record = 0, False, record
+        obs = self.env.reset(seed=seed)
+        self.frames = [self.env.render_frame(size=self.video_size)] if record else []
+        return obs
+
+    def step(self, actions: np.ndarray) -> tuple[dict, bool, dict]:
+        """Execute a chunk open-loop until success or the horizon; (obs, done, info)."""
+        obs = None
+        for action in actions:
+            obs, _, success, _ = self.env.step(action)
+            self.length += 1
+            if self.record:
+                self.frames.append(self.env.render_frame(size=self.video_size))
+            if success or self.length >= self.horizon:
+                self.success = success
+                break
+        done = self.success or self.length >= self.horizon
+        info = {"success": self.success, "length": self.length}
+        if done and self.record:
+            info["frames"] = self.frames
+            self.frames = []
+        return obs, done, info
+
+    def close(self) -> None:
+        """Release the env."""
+        self.env.close()
+
+
+def _worker(conn, env_args: dict, horizon: int) -> None:
+    """Worker process loop: ("reset", seed, record) | ("step", actions) | ("close",)."""
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+    runner = EpisodeRunner(env_args, horizon)
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "reset":
+                conn.send(runner.reset(msg[1], msg[2]))
+            elif msg[0] == "step":
+                conn.send(runner.step(msg[1]))
+            else:
+                break
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        runner.close()
+        conn.close()
+
+
+class _LocalRunner:
+    """The in-process stand-in for a worker's pipe (num_workers=0)."""
+
+    def __init__(self, env_args: dict, horizon: int) -> None:
+        self.runner = EpisodeRunner(env_args, horizon)
+        self.reply = None
+
+    def send(self, msg: tuple) -> None:
+        if msg[0] == "reset":
+            self.reply = self.runner.reset(msg[1], msg[2])
+        elif msg[0] == "step":
+            self.reply = self.runner.step(msg[1])
+        else:
+            self.runner.close()
+
+    def recv(self):
+        return self.reply
+
+
+class LiftEvaluator:
+    """Success rate and episode length of a policy over seeded rollouts."""
+
+    def __init__(
+        self,
+        spec: dict,
+        *,
+        device: torch.device,
+        seed: int,
+        num_workers: int,
+        video_dir: Path | None,
+        horizon: int | None = None,
+    ) -> None:
+        self.device = device
+        self.seed = seed
+        self.image_keys = tuple(spec["image_keys"])
+        self.lowdim_keys = tuple(spec["lowdim_keys"])
+        self.horizon = int(horizon or spec["horizon"])
+        self.video_dir = Path(video_dir) if video_dir is not None else None
+        env_args = json.loads(json.dumps(spec["env_args"]))
+        kwargs = env_args["env_kwargs"]
+        size = spec["image_shape"][-1]
+        # Rollout cameras are the data's, whatever the file's env_args said.
+        kwargs.update(
+            camera_names=[k[: -len("_image")] for k in self.image_keys],
+            camera_heights=size,
+            camera_widths=size,
+        )
+        self.env_args = env_args
+        self.num_workers = num_workers
+        self.conns: list = []
+        self.procs: list = []
+        self.runs = 0
+
+    def _start(self) -> None:
+        if self.conns:
+            return
+        if self.num_workers <= 0:
+            self.conns = [_LocalRunner(self.env_args, self.horizon)]
+            return
+        from envs.lift import select_gl_backend
+
+        select_gl_backend()  # decided once here; workers inherit MUJOCO_GL
+        ctx = mp.get_context("spawn")  # no GL or torch thread state inherited by fork
+        for _ in range(self.num_workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker, args=(child, self.env_args, self.horizon), daemon=True
+            )
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def _obs_batch(self, obs_list: list[dict]) -> dict[str, torch.Tensor]:
+        keys = (*self.image_keys, *self.lowdim_keys)
+        raw = {
+            k: torch.from_numpy(np.stack([o[k] for o in obs_list])).to(self.device) for k in keys
+        }
+        raw = {k: v if k in self.image_keys else v.float() for k, v in raw.items()}
+        return process_obs(raw, keys)
+
+    def run(self, agent, num_episodes: int) -> dict:
+        """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots."""
+        self._start()
+        t0 = time.perf_counter()
+        # Evaluation seeds are disjoint from anything the data generator uses.
+        seeds = [1_000_003 * (self.seed + 1) + i for i in range(num_episodes)]
+        record_first = self.video_dir is not None
+        pending = list(range(num_episodes))
+        active: dict[int, tuple[int, dict]] = {}  # worker -> (episode, obs)
+        successes, lengths = np.zeros(num_episodes), np.zeros(num_episodes)
+        video = None
+        for w, conn in enumerate(self.conns):
+            if pending:
+                ep = pending.pop(0)
+                conn.send(("reset", seeds[ep], record_first and ep == 0))
+                active[w] = (ep, None)
+        for w in list(active):
+            active[w] = (active[w][0], self.conns[w].recv())
+        steps = 0
+        while active:
+            workers = sorted(active)
+            obs = self._obs_batch([active[w][1] for w in workers])
+            actions = agent.act(obs).detach().to("cpu", torch.float64).numpy()
+            for i, w in enumerate(workers):
+                self.conns[w].send(("step", actions[i]))
+            for w in workers:
+                next_obs, done, info = self.conns[w].recv()
+                ep = active[w][0]
+                if not done:
+                    active[w] = (ep, next_obs)
+                    continue
+                successes[ep], lengths[ep] = info["success"], info["length"]
+                steps += info["length"]
+                if "frames" in info:
+                    video = self._write_video(info["frames"])
+                del active[w]
+                if pending:
+                    ep = pending.pop(0)
+                    self.conns[w].send(("reset", seeds[ep], False))
+                    active[w] = (ep, self.conns[w].recv())
+        seconds = time.perf_counter() - t0
+        self.runs += 1
+        metrics = {
+            "eval/success_rate": float(successes.mean()),
+            "eval/episode_length": float(lengths.mean()),
+            "eval/num_episodes": float(num_episodes),
+            "perf/eval_seconds": seconds,
+            "perf/eval_env_steps_per_sec": steps / max(seconds, 1e-9),
+        }
+        if successes.any():
+            metrics["eval/episode_length_success"] = float(lengths[successes > 0].mean())
+        return {"metrics": metrics, "video": video, "plots": []}
+
+    def _write_video(self, frames: list[np.ndarray]) -> Path:
+        import imageio
+
+        self.video_dir.mkdir(parents=True, exist_ok=True)
+        path = self.video_dir / f"rollout_{self.runs:04d}.mp4"
+        imageio.mimsave(path, frames, fps=20, macro_block_size=1)
+        return path
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for conn in self.conns:
+            try:
+                conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        self.conns, self.procs = [], []
+
+
+def make_evaluator(
+    spec: dict,
+    *,
+    device: torch.device,
+    seed: int,
+    num_workers: int,
+    video_dir: Path | None,
+    horizon: int | None = None,
+    **_: object,
+) -> LiftEvaluator:
+    """Rollouts in robosuite Lift built from the data's env_args."""
+    return LiftEvaluator(
+        spec,
+        device=device,
+        seed=seed,
+        num_workers=num_workers,
+        video_dir=video_dir,
+        horizon=horizon,
+    )
