@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from agents.hybrid_actor_critic import HybridActorCritic, HybridActorCriticConfig
-from agents.ppo import PPOConfig, compute_gae, ppo_update
+from agents.ppo import PPOConfig, compute_gae, ppo_loss, ppo_update
 from encoders import EncoderConfig
 from envs.durotaxis import (
     DurotaxisConfig,
@@ -35,14 +36,32 @@ from envs.durotaxis import (
     random_policy,
     run_episodes,
 )
-from training.checkpoint import load_checkpoint, load_model_state, restore_rng, save_checkpoint
+from training.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from training.cli import parse_config, run_main
 from training.device import resolve_device
-from training.guards import NonFiniteGradient, StopOnSignal, guard_nonfinite
+from training.distributed import (
+    LossForward,
+    broadcast_object,
+    close_world,
+    data_parallel,
+    gather_objects,
+    init_world,
+    stop_agreed,
+    sum_over_ranks,
+)
+from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
 from training.logger import RunLogger, WandbConfig
 from training.optim import build_optimizer, scale_learning_rates
+from training.precision import autocast, to_channels_last, with_autocast
 from training.report import parameter_report
-from training.run_dir import prepare_run_dir
+from training.run_dir import choose_run_dir, open_run_dir
 from training.seeding import seed_everything
 
 
@@ -88,13 +107,18 @@ class TrainConfig:
     env: DurotaxisConfig = field(default_factory=DurotaxisConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto | cpu | cuda: environments, rollouts and updates all run there."""
+    """auto | cpu | cuda: environments, rollouts and updates all run there (torchrun:
+    cuda:LOCAL_RANK)."""
+    amp: bool = False
+    """bf16 autocast for the network's forward passes (rollouts and updates)."""
+    channels_last: bool = False
+    """Keep convolution weights channels-last (NHWC): faster convolutions on GPUs."""
     seed: int = 1
     """Seed of torch, numpy, python and the environments."""
     output_dir: str | None = None
     """Run directory (metrics, config, checkpoints, curve PNG, episode GIF); None = runs/ppo_*."""
     resume: bool = False
-    """Continue the run in --output_dir from checkpoints/last.pt."""
+    """Continue the run in --output_dir from checkpoints/last.pt, exactly as if never stopped."""
     overwrite: bool = False
     """Replace an existing --output_dir instead of refusing to touch it."""
     skip_nonfinite: bool = False
@@ -192,15 +216,24 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             f"ppo.num_envs * ppo.num_steps ({cfg.ppo.batch_size}) must be divisible by "
             f"ppo.num_minibatches ({cfg.ppo.num_minibatches})"
         )
-    device = resolve_device(cfg.device)
+    if cfg.backbone.pooling == "spatial_softmax" and cfg.env.image_size <= 32:
+        # ResNets downsample 32x: on a 1 x 1 map every image gives the same keypoints.
+        raise ValueError(
+            f"env.image_size={cfg.env.image_size} leaves a 1 x 1 ResNet feature map, on which "
+            f"spatial_softmax sees nothing; use env.image_size >= 33 or backbone.pooling=avg"
+        )
+    world, device = init_world(resolve_device(cfg.device))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     ppo = cfg.ppo
+    # Each rank steps its own ppo.num_envs environments; total_timesteps counts them all.
+    num_iterations = max(1, ppo.total_timesteps // (ppo.batch_size * world.world_size))
 
     envs = DurotaxisCore(cfg.env, ppo.num_envs, device)
     obs_shape = (cfg.env.channels, cfg.env.image_size, cfg.env.image_size)
     model = HybridActorCritic(encoder_cfg, obs_shape, cfg.agent).to(device).eval()
+    to_channels_last(model, cfg.channels_last)
     optimizer = build_optimizer(
         model,
         backbone_lr=cfg.backbone.backbone_lr,
@@ -208,16 +241,59 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         kind="adam",
         eps=1e-5,
     )
+    guard = NonFiniteGuard(optimizer, skip=cfg.skip_nonfinite)
     reuse = cfg.reuse_features and model.features_are_fixed
 
-    out_dir = prepare_run_dir(
-        cfg.output_dir,
-        f"ppo_durotaxis_{cfg.backbone.freeze_mode}_s{cfg.seed}",
-        resume=cfg.resume,
-        overwrite=cfg.overwrite,
-    )
+    out_dir = None
+    if world.is_main:
+        out_dir = choose_run_dir(
+            cfg.output_dir,
+            f"ppo_durotaxis_{cfg.backbone.freeze_mode}_s{cfg.seed}",
+            resume=cfg.resume,
+            overwrite=cfg.overwrite,
+        )
+    out_dir = broadcast_object(out_dir, world)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    logger = RunLogger(out_dir, cfg, wandb=cfg.wandb)
+
+    # ----- what one iteration hands the next: fresh, or as a checkpoint left it ----------
+    # A resumed run restores all of it, so it continues bit-exactly as if never stopped.
+    start_iteration, global_step = 1, 0
+    next_obs = envs.reset(seed=cfg.seed * 100_003 + ppo.num_envs + world.rank * 1_000_003)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if world.enabled:
+        seed_everything(cfg.seed + world.rank)  # per-rank action sampling
+    baselines: dict[str, float] = {}
+    history: list[dict] = []
+    if cfg.resume:
+        # Loaded on the CPU (RNG states must be CPU tensors); load_state_dicts move the rest.
+        ckpt = load_checkpoint(ckpt_path)
+        carried = ckpt["extra"]
+        if "env" not in carried:
+            raise ValueError(
+                f"{ckpt_path} holds no environment state (an older train_ppo.py wrote it), so "
+                f"the run cannot continue exactly; start a new run"
+            )
+        load_model_state(model, ckpt["model"], str(ckpt_path))
+        load_optimizer_state(optimizer, ckpt["optimizer"], str(ckpt_path))
+        ranks = carried.get("ranks", [{k: carried[k] for k in ("env", "shuffle_gen")}])
+        if len(ranks) != world.world_size:
+            raise ValueError(
+                f"{ckpt_path} was written by {len(ranks)} process(es); resume it with as many "
+                f"(torchrun --nproc_per_node={len(ranks)}) so each rank gets its environments back"
+            )
+        envs.load_state_dict(ranks[world.rank]["env"])
+        next_obs = envs.observe()
+        shuffle_gen.set_state(ranks[world.rank]["shuffle_gen"])
+        guard.skipped += int(carried["skipped_nonfinite_steps"])
+        baselines, history = carried["baselines"], carried["history"]
+        restore_rng(ranks[world.rank].get("rng", ckpt["rng"]))
+        global_step = ckpt["step"]
+        start_iteration = int(carried["iteration"]) + 1
+
+    # Only now, with the config and any checkpoint accepted, is the run directory written.
+    if world.is_main:
+        open_run_dir(out_dir, overwrite=cfg.overwrite)
+    logger = RunLogger(out_dir, cfg, wandb=cfg.wandb, active=world.is_main)
     logger.add_config(
         {
             "weights_source": model.actor_encoder.weights_source,
@@ -225,27 +301,22 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             "encoders_run_per_step": 1 if model.runs_one_encoder else 2,
         }
     )
-    if model.actor_encoder.weights_source.startswith("random"):
+    if model.actor_encoder.weights_source.startswith("random") and world.is_main:
         tqdm.write(
             f"NOTE: backbones are randomly initialised ({model.actor_encoder.weights_source}); "
             "a frozen random ResNet still gives usable features for this task."
         )
-    logger.log(parameter_report(model, optimizer, model.components()), step=0)
-
-    start_iteration, global_step = 1, 0
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        load_model_state(model, ckpt["model"], str(ckpt_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"])
-        global_step = ckpt["step"]
-        start_iteration = int(ckpt["extra"]["iteration"]) + 1
+    if cfg.resume:  # the first part of the run logged the parameter report
         tqdm.write(f"resumed from {ckpt_path} at step {global_step}")
+    elif world.is_main:
+        logger.log(parameter_report(model, optimizer, model.components()), step=0)
+    # The loss's forward, data-parallel over processes and in bf16 when asked for.
+    loss_fn = data_parallel(LossForward(model, partial(ppo_loss, model, cfg=ppo)), world, device)
+    loss_fn = with_autocast(loss_fn, device, cfg.amp)
 
-    # ----- floor and ceiling on the evaluation seeds ------------------------------------
-    baselines: dict[str, float] = {}
+    # ----- floor and ceiling on the evaluation seeds (once per run) ----------------------
     eval_seed = 1_000_000 + cfg.seed
-    if cfg.eval_episodes > 0:
+    if cfg.eval_episodes > 0 and not baselines and world.is_main:
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         floor_and_ceiling = {
             "random": lambda e: random_policy(e, gen),
@@ -272,22 +343,21 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     rewards = torch.zeros(T, B, device=device)
     dones = torch.zeros(T, B, dtype=torch.bool, device=device)
 
-    # A resumed run starts fresh episodes on seeds it has not used.
-    next_obs = envs.reset(seed=cfg.seed * 100_003 + start_iteration * B)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed + start_iteration)
-    history: list[dict] = []
     metrics: dict[str, float] = {}
+    stopping = False
     start_time, start_step = time.time(), global_step
-
-    skipped = guard_nonfinite(optimizer, skip=cfg.skip_nonfinite)
     with StopOnSignal() as stop:  # a signal ends the loop after a checkpoint
-        iterations = range(start_iteration, ppo.num_iterations + 1)
+        iterations = range(start_iteration, num_iterations + 1)
         progress = tqdm(
-            iterations, desc="ppo", initial=start_iteration - 1, total=ppo.num_iterations
+            iterations,
+            desc="ppo",
+            initial=start_iteration - 1,
+            total=num_iterations,
+            disable=not world.is_main,
         )
         for iteration in progress:
             if ppo.anneal_lr:
-                scale_learning_rates(optimizer, 1.0 - (iteration - 1.0) / ppo.num_iterations)
+                scale_learning_rates(optimizer, 1.0 - (iteration - 1.0) / num_iterations)
 
             # ----- rollout: no host round-trips inside -------------------------------------
             ep_return_sum = torch.zeros((), device=device)
@@ -295,7 +365,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             ep_success = torch.zeros((), device=device)
             ep_count = torch.zeros((), device=device)
             for t in range(T):
-                out = model.act(next_obs)
+                with autocast(device, cfg.amp):
+                    out = model.act(next_obs)
                 if reuse:
                     features[t] = out["actor_features"]
                 else:
@@ -311,10 +382,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 ep_length_sum += (info["episode_length"] * done).sum()
                 ep_success += (info["is_success"] & done).sum()
                 ep_count += done.sum()
-            global_step += T * B
+            global_step += T * B * world.world_size
 
             # ----- advantages ---------------------------------------------------------------
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, cfg.amp):
                 _, next_critic = model.encode(next_obs)
                 advantages, returns = compute_gae(
                     rewards, values, dones, model.value(next_critic), ppo.gamma, ppo.gae_lambda
@@ -334,17 +405,19 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                 batch["obs"] = observations.reshape(T * B, *obs_shape)
 
             # ----- update ---------------------------------------------------------------------
+            metrics = ppo_update(
+                model, optimizer, batch, ppo, shuffle_gen, loss_fn=loss_fn, world=world
+            )
             try:
-                metrics = ppo_update(model, optimizer, batch, ppo, generator=shuffle_gen)
+                metrics["train/skipped_nonfinite_steps"] = guard.check()
             except NonFiniteGradient as err:
                 raise NonFiniteGradient(
-                    f"iteration {iteration} (step {global_step}): {err}; weights left as they "
-                    f"were, last good checkpoint: {ckpt_path}; rerun with --skip_nonfinite=True "
-                    f"to skip such steps"
+                    f"iteration {iteration} (step {global_step}): {err}; weights held from that "
+                    f"minibatch on, last good checkpoint: {ckpt_path}; rerun with "
+                    f"--skip_nonfinite=True to skip such steps"
                 ) from None
-            metrics["train/skipped_nonfinite_steps"] = skipped["skipped"]
             episode_sums = torch.stack([ep_count, ep_return_sum, ep_length_sum, ep_success])
-            count, ret, length, succ = episode_sums.tolist()
+            count, ret, length, succ = sum_over_ranks(episode_sums, world).tolist()
             if count > 0:
                 metrics["charts/episodic_return"] = ret / count
                 metrics["charts/episodic_length"] = length / count
@@ -353,26 +426,41 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             metrics["charts/learning_rate"] = optimizer.param_groups[-1]["lr"]
             metrics["perf/sps"] = (global_step - start_step) / (time.time() - start_time)
             logger.log(metrics, step=global_step)
-            history.append({"step": global_step, **metrics})
+            charts = {k: v for k, v in metrics.items() if k.startswith("charts/")}
+            history.append({"step": global_step, **charts})  # the learning curve's points
 
-            last = iteration == ppo.num_iterations
-            if last or iteration % cfg.checkpoint_every == 0 or stop.requested:
-                save_checkpoint(
-                    ckpt_path,
-                    model=model,
-                    optimizer=optimizer,
-                    step=global_step,
-                    config=cfg,
-                    extra={"iteration": iteration},
-                )
-            if stop.requested:
-                tqdm.write(
-                    f"{stop.requested} at step {global_step}: wrote {ckpt_path}; continue with "
-                    f"--output_dir={out_dir} --resume=True"
-                )
+            last = iteration == num_iterations
+            stopping = stop_agreed(stop.requested is not None, world, device, sync_point=True)
+            if last or iteration % cfg.checkpoint_every == 0 or stopping:
+                # Every rank's environments and generators, so each continues exactly.
+                own = {"env": envs.state_dict(), "shuffle_gen": shuffle_gen.get_state()}
+                ranks = gather_objects({**own, "rng": rng_state()}, world)
+                if world.is_main:
+                    save_checkpoint(
+                        ckpt_path,
+                        model=model,
+                        optimizer=optimizer,
+                        step=global_step,
+                        config=cfg,
+                        extra={
+                            "iteration": iteration,
+                            **own,
+                            **({"ranks": ranks} if world.enabled else {}),
+                            "skipped_nonfinite_steps": metrics["train/skipped_nonfinite_steps"],
+                            "baselines": baselines,
+                            "history": history,
+                        },
+                    )
+            if stopping:
+                if world.is_main:
+                    tqdm.write(
+                        f"{stop.requested or 'stop signal'} at step {global_step}: wrote "
+                        f"{ckpt_path}; continue with --output_dir={out_dir} --resume=True"
+                    )
                 break
-    if stop.requested:
+    if stopping or not world.is_main:
         logger.close()
+        close_world(world)
         return dict(metrics)
 
     # ----- final deterministic evaluation, episode video, learning curve ------------------
@@ -397,6 +485,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         plot_learning_curve(history, baselines, curve_path)
         logger.log_image("charts/learning_curve", curve_path, step=global_step)
     logger.close()
+    close_world(world)
     return final
 
 

@@ -205,19 +205,44 @@ def cosine_factor(step: int, decay_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, decay_steps) / decay_steps))
 
 
-def optimizer_step(agent: nn.Module, loss: torch.Tensor, info: dict[str, torch.Tensor],
-                   grad_clip: float) -> dict[str, float]:
-    """Backward, gradient norms, clipping and `agent.optimizer.step()`; one host read."""
+class UpdateCounter(nn.Module):
+    """Updates done so far, a host int saved in the state dict (as extra state).
+
+    Kept on the host so that the learning-rate schedule needs no device read per step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    def get_extra_state(self) -> int:
+        return self.value
+
+    def set_extra_state(self, state: int) -> None:
+        self.value = int(state)
+
+
+def adam_step(agent: nn.Module, batch: dict[str, torch.Tensor], loss_fn, cfg) -> dict:
+    """One update of an AD-family agent: cosine lr, loss, backward, clip, step.
+
+    `loss_fn(batch) -> (loss, info)` is the agent's `loss`, or the training loop's DDP /
+    autocast wrapper of it. Returns info, gradient norms and learning rates; tensors
+    stay on the device (the logger reads them when it logs), so a step has no host sync.
+    """
+    agent.train()
     optimizer = agent.optimizer
+    scale_learning_rates(optimizer, cosine_factor(agent.updates.value, cfg.lr_decay_steps))
+    loss, info = loss_fn(batch)
+    agent.updates.value += 1
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grads = grad_norms(optimizer)
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_([p for p in agent.parameters() if p.requires_grad], grad_clip)
+    if cfg.grad_clip > 0:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
     optimizer.step()
-    values = torch.stack([v.float() for v in info.values()]).tolist()
     lrs = {f"train/lr_{g.get('name', 'group')}": g["lr"] for g in optimizer.param_groups}
-    return {**dict(zip(info, values, strict=True)), **grads, **lrs}
+    return {**info, **grads, **lrs}
 
 
 class EpisodeContext:
@@ -286,7 +311,7 @@ class ADAgent(nn.Module):
         self.transformer = CausalTransformer(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.dropout,
                                              self.window, cfg.attention_dropout)
         self.head = nn.Linear(cfg.d_model, self.num_actions)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.updates = UpdateCounter()
         self.to(self.device)
         self.optimizer = build_optimizer(self, backbone_lr=cfg.lr, head_lr=cfg.lr,
                                          weight_decay=cfg.weight_decay, backbone_modules=[])
@@ -314,14 +339,9 @@ class ADAgent(nn.Module):
         accuracy = (logits.argmax(-1) == actions).float().mean()
         return loss, {"train/loss": loss.detach(), "train/accuracy": accuracy}
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One Adam step on a batch of history windows."""
-        self.train()
-        scale_learning_rates(self.optimizer,
-                             cosine_factor(int(self.num_updates), self.cfg.lr_decay_steps))
-        loss, info = self.loss(batch)
-        self.num_updates += 1
-        return optimizer_step(self, loss, info, self.cfg.grad_clip)
+    def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
+        """One Adam step on a batch of history windows (`loss_fn`: see `adam_step`)."""
+        return adam_step(self, batch, loss_fn or self.loss, self.cfg)
 
     # ---- in-context rollouts
 

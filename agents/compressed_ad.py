@@ -42,13 +42,13 @@ from agents.ad import (
     EpisodeContext,
     KVCache,
     TokenEmbedding,
-    cosine_factor,
-    optimizer_step,
+    UpdateCounter,
+    adam_step,
     previous_steps,
     sample_actions,
 )
 from training.checkpoint import load_checkpoint, load_model_state
-from training.optim import build_optimizer, scale_learning_rates
+from training.optim import build_optimizer
 
 SHARED_PREFIXES = ("embed.", "embed_ln.", "encoder.")
 
@@ -233,7 +233,7 @@ class CompressedADPretrainAgent(_SharedContext):
             "action": nn.Linear(d, self.num_actions),
             "reward": nn.Linear(d, 2),
         })
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.updates = UpdateCounter()
         self.to(self.device)
         self.optimizer = build_optimizer(self, backbone_lr=cfg.lr, head_lr=cfg.lr,
                                          weight_decay=cfg.weight_decay,
@@ -292,14 +292,9 @@ class CompressedADPretrainAgent(_SharedContext):
         }
         return loss, info
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One Adam step of the reconstruction objective."""
-        self.train()
-        scale_learning_rates(self.optimizer,
-                             cosine_factor(int(self.num_updates), self.cfg.lr_decay_steps))
-        loss, info = self.loss(batch)
-        self.num_updates += 1
-        return optimizer_step(self, loss, info, self.cfg.grad_clip)
+    def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
+        """One Adam step of the reconstruction objective (`loss_fn`: see ad.adam_step)."""
+        return adam_step(self, batch, loss_fn or self.loss, self.cfg)
 
 
 class CompressedADAgent(_SharedContext):
@@ -314,7 +309,7 @@ class CompressedADAgent(_SharedContext):
         self.decoder = CausalTransformer(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.dropout,
                                          cfg.n_latent + self.window, cfg.attention_dropout)
         self.head = nn.Linear(cfg.d_model, self.num_actions)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.updates = UpdateCounter()
         self.to(self.device)
         if cfg.encoder_checkpoint:
             self.load_encoder(cfg.encoder_checkpoint)
@@ -383,14 +378,9 @@ class CompressedADAgent(_SharedContext):
         return loss, {"train/loss": loss.detach(), "train/accuracy": accuracy,
                       "train/compressed_depth": depth.float().mean()}
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One Adam step on a batch of history windows."""
-        self.train()
-        scale_learning_rates(self.optimizer,
-                             cosine_factor(int(self.num_updates), self.cfg.lr_decay_steps))
-        loss, info = self.loss(batch)
-        self.num_updates += 1
-        return optimizer_step(self, loss, info, self.cfg.grad_clip)
+    def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
+        """One Adam step on a batch of history windows (`loss_fn`: see ad.adam_step)."""
+        return adam_step(self, batch, loss_fn or self.loss, self.cfg)
 
     # ---- in-context rollouts
 

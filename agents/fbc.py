@@ -294,9 +294,16 @@ class CachedFeatureData:
         mb = sum(f.numel() * f.element_size() for f in self.features.values()) / 2**20
         return f"{self.data.describe()}; frozen features cached ({mb:.0f} MiB)"
 
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform sample indices, as the wrapped data draws them."""
+        return self.data.sample_indices(batch_size, generator)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A batch without images, with features/<camera> from the cache."""
-        idx = self.data.sample_indices(batch_size, generator)
+        """A batch of `batch_size` random samples."""
+        return self.batch(self.sample_indices(batch_size, generator))
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Samples by index, without images, with features/<camera> from the cache."""
         batch = self.data.batch(idx, images=False)
         for key, feats in self.features.items():
             batch[f"features/{key}"] = feats[idx]
@@ -312,6 +319,14 @@ class FBCAgent(nn.Module):
             raise ValueError(
                 f"data chunks have {spec['chunk_length']} actions but chunk_length is "
                 f"{cfg.chunk_length}"
+            )
+        side = min(spec["image_shape"][1:]) if spec.get("image_keys") else None
+        if cfg.random_crop and side is not None and not 0 < cfg.crop_size < side:
+            # crop_images returns a crop_size >= the image unchanged: no augmentation at all.
+            raise ValueError(
+                f"--agent.random_crop=True with --agent.crop_size={cfg.crop_size} cannot crop "
+                f"the {side}x{side} images; pick a crop_size in 1..{side - 1} or "
+                f"--agent.random_crop=False"
             )
         self.cfg = cfg
         self.device = torch.device(device)
@@ -341,18 +356,25 @@ class FBCAgent(nn.Module):
             return {k: batch[f"features/{k}"] for k in keys}
         return None
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One gradient step on the flow-matching loss."""
-        self.train()
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Flow-matching loss of a batch of observation / action-chunk pairs."""
         emb = self.policy.encoder(batch, cached=self._cached(batch))
         loss = self.policy.flow_loss(emb, batch["actions"])
+        return loss, {"train/flow_loss": loss.detach()}
+
+    def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
+        """One gradient step; metrics stay on the device until logged (no host sync).
+
+        `loss_fn` is `self.loss` or the training loop's DDP / autocast wrapper of it.
+        """
+        self.train()
+        loss, info = (loss_fn or self.loss)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        info = grad_norms(self.optimizer)
+        info.update(grad_norms(self.optimizer))
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.policy)
-        info["train/flow_loss"] = loss.item()
         return info
 
     @torch.no_grad()

@@ -8,13 +8,16 @@ observations, and the update never runs a backbone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from agents.hybrid_actor_critic import HybridActorCritic
 from training.diagnostics import grad_norms
+from training.distributed import World, mean_over_ranks
 
 
 @dataclass(frozen=True)
@@ -146,41 +149,52 @@ def ppo_update(
     batch: dict[str, torch.Tensor],
     cfg: PPOConfig,
     generator: torch.Generator | None = None,
+    loss_fn: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict]] | None = None,
+    world: World | None = None,
 ) -> dict[str, float]:
     """update_epochs passes of minibatch PPO over one flattened rollout; returns metrics.
 
-    Host syncs: one per epoch (the target_kl check, when set), one for grad norms
-    (measured on the first minibatch) and one for the metrics at the end.
+    `loss_fn(minibatch)` defaults to `ppo_loss` on `model`; the training loop passes its
+    DDP / autocast wrapper. With several processes each rank runs the same number of
+    minibatches over its own rollout, and DDP averages their gradients; approx_kl is
+    averaged too, so that every rank takes the same target_kl decision.
+    Host syncs: one per epoch when target_kl is set, and one for the metrics at the end.
     """
+    loss_fn = loss_fn or partial(ppo_loss, model, cfg=cfg)
     n = batch["kind"].shape[0]
     device = batch["kind"].device
     sums: dict[str, torch.Tensor] = {}
     count = 0
-    grads: dict[str, float] = {}
+    grads: dict[str, torch.Tensor] = {}
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     epochs_done = 0
     for _ in range(cfg.update_epochs):
         order = torch.randperm(n, device="cpu", generator=generator).to(device)
         for start in range(0, n, cfg.minibatch_size):
             idx = order[start : start + cfg.minibatch_size]
-            loss, info = ppo_loss(model, {k: v[idx] for k, v in batch.items()}, cfg)
+            loss, info = loss_fn({k: v[idx] for k, v in batch.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if not grads:
+            if not grads:  # measured on the first minibatch
                 grads = grad_norms(optimizer)
-            nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm, foreach=True)
             optimizer.step()
             for k, v in info.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
         epochs_done += 1
-        if cfg.target_kl is not None and info["train/approx_kl"].item() > cfg.target_kl:
-            break
+        if cfg.target_kl is not None:
+            kl = info["train/approx_kl"]
+            if world is not None:
+                kl = mean_over_ranks(kl, world)
+            if kl.item() > cfg.target_kl:
+                break
     with torch.no_grad():
         y, v = batch["returns"], batch["values"]
         sums["train/explained_variance"] = (1 - (y - v).var() / y.var()) * count
     names = list(sums)
-    values = (torch.stack([sums[k] for k in names]) / count).tolist()
-    metrics = dict(zip(names, values, strict=True))
+    values = torch.stack([sums[k] for k in names]) / count
+    values = torch.cat([values, torch.stack(list(grads.values()))]).tolist()
+    metrics = dict(zip([*names, *grads], values, strict=True))
     metrics["train/epochs"] = float(epochs_done)
-    return {**metrics, **grads}
+    return metrics

@@ -35,13 +35,20 @@ def imagenet_cache_file(arch: str) -> Path:
 
 def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     """ImageNet weights through torchvision's API, or one clear error when unobtainable."""
+    expected = imagenet_cache_file(arch)
     try:
-        return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False)
-    except Exception as err:  # URLError, socket errors, HTTP errors, truncated files
-        expected = imagenet_cache_file(arch)
+        # weights_only: torch.hub's default unpickles the cached file, which runs any code in it.
+        return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, weights_only=True)
+    except Exception as err:  # URLError, socket errors, HTTP errors, truncated files, pickles
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        where = (
+            f"The cached file {expected} cannot be read as tensors only ({type(err).__name__})"
+            if expected.is_file()
+            else f"They are not in the torch hub cache and could not be downloaded "
+            f"({type(err).__name__}: {reason}). Expected file: {expected}"
+        )
         raise ImageNetWeightsUnavailable(
-            f"ImageNet weights for {arch} are not in the torch hub cache and could not be "
-            f"downloaded ({type(err).__name__}: {err}). Expected file: {expected}. Remedies: "
+            f"ImageNet weights for {arch} are unavailable. {where}. Remedies: "
             f"copy that file there (or set TORCH_HOME to a cache that has it), or use "
             f"weights=auto (random init with a warning), weights=random, or weights=PATH."
         ) from None

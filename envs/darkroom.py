@@ -45,6 +45,7 @@ NUM_ACTIONS = 5
 ACTION_NAMES = ("left", "right", "up", "down", "noop")
 # (dx, dy) per action, in the order above.
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1), (0, 0))
+NOOP = ACTION_NAMES.index("noop")
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class DarkroomBatch:
         self.tasks = tasks.to(self.device, torch.long)
         self.num_envs = len(tasks)
         self.generator = generator
-        self._moves = torch.tensor(MOVES, dtype=torch.long, device=self.device)
+        self._moves_or_stay = torch.tensor((*MOVES, (0, 0)), dtype=torch.long, device=self.device)
         # Made once: building it from a Python tuple at every reset is a host copy.
         self._centre = torch.tensor(grid.centre, dtype=torch.long, device=self.device)
         self.t = 0
@@ -203,8 +204,32 @@ class DarkroomBatch:
         return self.pos.clone()
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Move every copy; returns (obs N x 2, reward N float, episode over)."""
-        self.pos = (self.pos + self._moves[action]).clamp_(0, self.grid.size - 1)
+        """Move every copy; returns (obs N x 2, reward N float, episode over).
+
+        action: N integer tensor. A wrong type, shape or dtype raises ValueError. Values
+        are not read back to the host (no device sync), so an action outside 0..4 is
+        made harmless on the device instead: it is a no-op.
+        """
+        if not isinstance(action, torch.Tensor):
+            raise ValueError(
+                f"{self.grid.name} actions must be a torch tensor, got {type(action).__name__}"
+            )
+        if action.shape != (self.num_envs,):
+            raise ValueError(
+                f"{self.grid.name} actions have shape {tuple(action.shape)}, "
+                f"expected ({self.num_envs},)"
+            )
+        if action.dtype.is_floating_point or action.dtype.is_complex or action.dtype == torch.bool:
+            raise ValueError(
+                f"{self.grid.name} actions have dtype {action.dtype}, expected an integer dtype"
+            )
+        # long: a uint8 index tensor would be taken as a mask.
+        action = action.to(self.device, torch.long)
+        # Indexing with a bad action would raise on the CPU, wrap around when negative, and
+        # trip a device-side assert on a GPU. Clamped to -1..NUM_ACTIONS instead, it picks
+        # the extra stay row (-1 wraps to it): a no-op for one kernel.
+        move = self._moves_or_stay[action.clamp(-1, NUM_ACTIONS)]
+        self.pos = (self.pos + move).clamp_(0, self.grid.size - 1)
         self.t += 1
         if self.grid.key_to_door:
             on_key = (self.pos == self.tasks[:, :2]).all(-1)
@@ -335,6 +360,45 @@ def random_returns(grid: GridSpec, tasks: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- Gymnasium classes
 
 
+def _single_action(name: str, action: Any) -> int:
+    """One env's action as an int, or a one-line ValueError saying what is wrong with it."""
+    if isinstance(action, int) and not isinstance(action, bool):
+        value = action  # checked as a Python int: numpy would make a huge one an object
+    else:
+        array = np.asarray(action)
+        if array.shape != ():
+            raise ValueError(f"{name} action must be a single integer, got shape {array.shape}")
+        if array.dtype.kind not in "iu":
+            raise ValueError(
+                f"{name} action must be an integer, got {action!r} (dtype {array.dtype})"
+            )
+        value = int(array)
+    if not 0 <= value < NUM_ACTIONS:
+        raise ValueError(f"{name} action must be an integer in 0..{NUM_ACTIONS - 1}, got {value}")
+    return value
+
+
+def _batch_actions(name: str, actions: Any, num_envs: int) -> torch.Tensor:
+    """N actions checked in full (type, shape, dtype and range), or a one-line ValueError."""
+    if isinstance(actions, torch.Tensor):
+        dtype = actions.dtype
+        integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    else:
+        actions = np.asarray(actions)
+        dtype, integer = actions.dtype, actions.dtype.kind in "iu"
+    if tuple(actions.shape) != (num_envs,):
+        raise ValueError(
+            f"{name} actions have shape {tuple(actions.shape)}, expected ({num_envs},)"
+        )
+    if not integer:
+        raise ValueError(f"{name} actions have dtype {dtype}, expected an integer dtype")
+    bad = (actions < 0) | (actions >= NUM_ACTIONS)
+    if bool(bad.any()):  # a host read: the price of a clear error in the Gymnasium form
+        value = int(actions[bad][0])
+        raise ValueError(f"{name} action must be an integer in 0..{NUM_ACTIONS - 1}, got {value}")
+    return torch.as_tensor(actions)
+
+
 class _SingleGridEnv(gymnasium.Env):
     """One copy of a variant in plain Python; the task is fixed or drawn from a split."""
 
@@ -378,10 +442,11 @@ class _SingleGridEnv(gymnasium.Env):
         return self._obs(), {"task": self.task}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """One move; the episode is truncated at the horizon and never terminates."""
-        if not self.action_space.contains(action):
-            raise ValueError(f"action must be an integer in [0, {NUM_ACTIONS}), got {action!r}")
-        dx, dy = MOVES[int(action)]
+        """One move; the episode is truncated at the horizon and never terminates.
+
+        An action that is not one integer in 0..4 raises ValueError and changes nothing.
+        """
+        dx, dy = MOVES[_single_action(self.grid.name, action)]
         size = self.grid.size
         self._pos = [min(max(self._pos[0] + dx, 0), size - 1),
                      min(max(self._pos[1] + dy, 0), size - 1)]
@@ -472,8 +537,14 @@ class _GridVectorEnv(VectorEnv):
         return self.sim.reset(), {"tasks": self.sim.tasks}
 
     def step(self, actions: torch.Tensor | np.ndarray) -> tuple[Any, ...]:
-        """Step all copies: (obs, reward, terminated, truncated, info)."""
-        actions = torch.as_tensor(actions, device=self.device, dtype=torch.long)
+        """Step all copies: (obs, reward, terminated, truncated, info).
+
+        Unlike `DarkroomBatch.step`, actions are checked in full: anything but N integers
+        in 0..4 raises ValueError before any copy moves (one host read of the actions
+        when they live on a GPU; `DarkroomBatch` is the sync-free path).
+        """
+        actions = _batch_actions(self.grid.name, actions, self.num_envs)
+        actions = actions.to(self.device, torch.long)
         obs, reward, over = self.sim.step(actions)
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         truncated = torch.full((self.num_envs,), over, dtype=torch.bool, device=self.device)

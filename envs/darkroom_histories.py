@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,15 +263,27 @@ def load_histories(path: str | Path) -> Histories:
         raise FileNotFoundError(
             f"histories file {path} does not exist; make one with python -m envs.darkroom_histories"
         )
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle (and refuse it)
+        raise ValueError(
+            f"{path} is not a .npz (zip) file; make histories with python -m "
+            f"envs.darkroom_histories"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable .npz file ({type(err).__name__})") from None
+    except Exception as err:  # a damaged zip, or an object array (pickle refused)
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{path} is not a readable .npz file ({type(err).__name__}: {reason}); make "
+            f"histories with python -m envs.darkroom_histories"
+        ) from None
     needed = ("obs", "actions", "rewards", "tasks", "episode_returns", "meta_json")
     missing = [k for k in needed if k not in arrays]
     if missing:
-        raise ValueError(f"{path} is not a Dark Room histories file: missing {', '.join(missing)}")
+        raise ValueError(
+            f"{path} is not a Dark Room histories file: missing {', '.join(missing)}; make "
+            f"one with python -m envs.darkroom_histories"
+        )
     meta = json.loads(str(arrays["meta_json"]))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")

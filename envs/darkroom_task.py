@@ -96,10 +96,17 @@ class DarkroomHistoryData:
             f"{self.context_episodes} + current), {self.num_samples} distinct"
         )
 
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Uniform window indices (drawn with the generator, on its device), on the data's."""
+        return torch.randint(self.num_samples, (batch_size,), generator=generator,
+                             device=generator.device).to(self.device)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A batch of windows: obs B x W x 2, actions B x W, rewards B x W, prefix_episodes B."""
-        idx = torch.randint(self.num_samples, (batch_size,), generator=generator,
-                            device=generator.device).to(self.device)
+        """A batch of `batch_size` random windows."""
+        return self.batch(self.sample_indices(batch_size, generator))
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Windows by index: obs B x W x 2, actions B x W, rewards B x W, prefix_episodes B."""
         history = idx // self.starts_per_history
         first_raw = idx % self.starts_per_history  # episode where the decoder's window starts
         start = (first_raw - self.prefix_episodes) * self.horizon

@@ -28,6 +28,7 @@ sub-environment i of a batch seeded s replays the single environment seeded s + 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -135,6 +136,28 @@ def hash_uniform(
 def _normals(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """Box-Muller: standard normals from two uniforms in (0, 1)."""
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def _is_integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _check_core_action(kind: Any, params: Any, num_envs: int) -> None:
+    """Type, shape and dtype of a batched action: host-side metadata only, no device sync."""
+    for name, value in (("kind", kind), ("params", params)):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"Durotaxis {name} must be a torch tensor, got {type(value).__name__}")
+    if kind.shape != (num_envs,):
+        raise ValueError(f"Durotaxis kind has shape {tuple(kind.shape)}, expected ({num_envs},)")
+    if not _is_integer_dtype(kind.dtype):
+        raise ValueError(f"Durotaxis kind has dtype {kind.dtype}, expected an integer dtype")
+    if params.shape != (num_envs, len(PARAM_NAMES)):
+        raise ValueError(
+            f"Durotaxis params has shape {tuple(params.shape)}, "
+            f"expected ({num_envs}, {len(PARAM_NAMES)})"
+        )
+    if not params.dtype.is_floating_point:
+        raise ValueError(f"Durotaxis params has dtype {params.dtype}, expected a floating dtype")
 
 
 class DurotaxisCore:
@@ -275,13 +298,18 @@ class DurotaxisCore:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Apply one hybrid action per env; returns reward, terminated, truncated, info.
 
-        kind: B integer tensor in {0 spawn, 1 delete, 2 hold}; params: B x 5 float
-        (clamped to the bounds). No reset happens here: see `autoreset_step`.
+        kind: B integer tensor in {0 spawn, 1 delete, 2 hold}; params: B x 5 floating
+        tensor. No reset happens here: see `autoreset_step`. A wrong type, shape or dtype
+        raises ValueError. Values are never read back to the host (no device sync per
+        step), so bad values are made harmless on the device instead: a kind outside 0..2
+        holds, NaN params count as 0, and params are clamped to the action bounds (-inf
+        and +inf to the nearest bound).
         """
+        _check_core_action(kind, params, self.num_envs)
         c, r = self.config, self.config.half_width
         kind = kind.to(self.device).long()
-        params = torch.maximum(torch.minimum(params.to(self.device).float(), self.param_high),
-                               self.param_low)
+        params = torch.nan_to_num(params.to(self.device).float(), nan=0.0)
+        params = torch.maximum(torch.minimum(params, self.param_high), self.param_low)
         is_spawn, is_delete = kind == SPAWN, kind == DELETE
         raw_dir = params[:, :2]
         norm = raw_dir.norm(dim=-1, keepdim=True)
@@ -407,6 +435,45 @@ class DurotaxisCore:
                 rgb[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3] = 1.0
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
+    # ----- checkpointing -----------------------------------------------------------------
+    # Everything that changes between steps (randomness is a hash of keys, episode and
+    # steps, so these are the RNG state too); the rest is fixed by config and num_envs.
+    _STATE = (
+        "keys",
+        "episode",
+        "steps",
+        "pos",
+        "alive",
+        "grad_dir",
+        "exponential",
+        "s_ref",
+        "centroid",
+        "episode_return",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the environments' state: tensors and a bool (weights_only-loadable)."""
+        state: dict[str, Any] = {name: getattr(self, name).clone() for name in self._STATE}
+        state["seeded"] = self._seeded
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state_dict()` left off (same num_envs and max_cells)."""
+        for name in (*self._STATE, "seeded"):
+            if name not in state:
+                raise ValueError(f"environment state has no {name!r} entry")
+        for name in self._STATE:
+            own, saved = getattr(self, name), state[name]
+            if saved.shape != own.shape or saved.dtype != own.dtype:
+                raise ValueError(
+                    f"environment state does not fit: {name} is {tuple(saved.shape)} "
+                    f"{saved.dtype} there, {tuple(own.shape)} {own.dtype} here; use the same "
+                    f"number of environments and env.max_cells"
+                )
+        for name in self._STATE:
+            setattr(self, name, state[name].to(self.device).clone())
+        self._seeded = bool(state["seeded"])
+
 
 # ----- floor and ceiling policies ----------------------------------------------------------
 
@@ -480,6 +547,52 @@ def _action_space() -> spaces.Dict:
     )
 
 
+def _gym_action(action: Any, batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a Gymnasium action (one env when batch is None) and make it core tensors.
+
+    A missing key, wrong shape or dtype, a kind outside 0..2 or a non-finite parameter
+    raises ValueError; finite parameters outside the bounds are clipped to them.
+    """
+    if not isinstance(action, Mapping) or set(action) != {"kind", "params"}:
+        got = sorted(action) if isinstance(action, Mapping) else type(action).__name__
+        raise ValueError(f"Durotaxis action must be a dict of 'kind' and 'params', got {got}")
+    lead = () if batch is None else (batch,)
+    last = len(KIND_NAMES) - 1
+    raw_kind = action["kind"]
+    if isinstance(raw_kind, int) and not isinstance(raw_kind, bool) and not 0 <= raw_kind <= last:
+        # Checked before numpy: an int beyond int64 would become an object array.
+        raise ValueError(f"Durotaxis action 'kind' {raw_kind} is out of range 0..{last}")
+    kind = np.asarray(raw_kind)
+    if kind.shape != lead:
+        raise ValueError(f"Durotaxis action 'kind' has shape {kind.shape}, expected {lead}")
+    if kind.dtype.kind not in "iu":
+        raise ValueError(f"Durotaxis action 'kind' has dtype {kind.dtype}, expected an integer")
+    bad = (kind < 0) | (kind > last)
+    if bad.any():
+        value = np.atleast_1d(kind)[np.atleast_1d(bad)][0]
+        raise ValueError(f"Durotaxis action 'kind' {value} is out of range 0..{last}")
+    params = np.asarray(action["params"])
+    want = (*lead, len(PARAM_NAMES))
+    if params.shape != want:
+        raise ValueError(f"Durotaxis action 'params' has shape {params.shape}, expected {want}")
+    if params.dtype.kind not in "iuf":
+        raise ValueError(
+            f"Durotaxis action 'params' has dtype {params.dtype}, expected real numbers"
+        )
+    # float64 first: a finite float64 such as 1e300 must clip, not overflow to inf.
+    params = params.astype(np.float64)
+    finite = np.isfinite(params)
+    if not finite.all():
+        where = tuple(np.argwhere(~finite)[0])
+        raise ValueError(
+            f"Durotaxis action 'params' must be finite, got "
+            f"{PARAM_NAMES[where[-1]]}={params[where]}"
+        )
+    params = np.clip(params, PARAM_LOW, PARAM_HIGH).astype(np.float32)
+    kind_t = torch.as_tensor(kind.astype(np.int64)).reshape(-1)
+    return kind_t, torch.from_numpy(params).reshape(-1, len(PARAM_NAMES))
+
+
 def _observation_space(config: DurotaxisConfig) -> spaces.Box:
     shape = (config.channels, config.image_size, config.image_size)
     return spaces.Box(0, 255, shape, dtype=np.uint8)
@@ -518,9 +631,13 @@ class DurotaxisEnv(gymnasium.Env):
         return obs[0].cpu().numpy(), {}
 
     def step(self, action: dict[str, Any]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Apply {"kind": int, "params": 5 floats}."""
-        kind = torch.as_tensor(np.asarray(action["kind"]).reshape(1), dtype=torch.int64)
-        params = torch.as_tensor(np.asarray(action["params"], np.float32).reshape(1, -1))
+        """Apply {"kind": int, "params": 5 floats}.
+
+        Finite params outside the bounds are clipped to them; anything else outside the
+        action space (a kind not in 0..2, NaN or inf params, wrong shapes or dtypes, other
+        keys) raises ValueError and leaves the state untouched.
+        """
+        kind, params = _gym_action(action, None)
         reward, terminated, truncated, info = self.core.step(kind, params)
         obs = self.core.observe()[0].cpu().numpy()
         info_np = {k: v[0].item() for k, v in info.items()}
@@ -570,9 +687,12 @@ class DurotaxisVectorEnv(gymnasium.vector.VectorEnv):
     def step(
         self, actions: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step all sub-envs with {"kind": (B,), "params": (B, 5)}."""
-        kind = torch.as_tensor(np.asarray(actions["kind"]), dtype=torch.int64)
-        params = torch.as_tensor(np.asarray(actions["params"], np.float32))
+        """Step all sub-envs with {"kind": (B,), "params": (B, 5)}.
+
+        Checked like `DurotaxisEnv.step`: out-of-bounds finite params are clipped, any
+        other action outside the space raises ValueError before any sub-env moves.
+        """
+        kind, params = _gym_action(actions, self.num_envs)
         reward, terminated, truncated, info = self.core.step(kind, params)
         done = terminated | truncated
         final_obs = self.core.observe()

@@ -25,6 +25,20 @@ import torch
 from envs.lift import CAMERAS, HORIZON_PH, IMAGE_SIZE, LOWDIM_KEYS
 
 IMAGE_KEYS = tuple(f"{cam}_image" for cam in CAMERAS)
+# Action size of a one-arm robosuite robot per controller, gripper included (robomimic's
+# lift files: Panda + OSC_POSE, 6 pose deltas + gripper = 7).
+CONTROLLER_ACTION_DIMS = {"OSC_POSE": 7, "OSC_POSITION": 4, "IK_POSE": 7}
+
+
+def env_action_dim(env_args: dict) -> int | None:
+    """Actions the rollout env built from these env_args takes; None when not known here."""
+    kwargs = env_args.get("env_kwargs", {})
+    robots = kwargs.get("robots", [])
+    robots = [robots] if isinstance(robots, str) else list(robots)
+    controller = (kwargs.get("controller_configs") or {}).get("type")
+    if len(robots) != 1 or controller not in CONTROLLER_ACTION_DIMS:
+        return None
+    return CONTROLLER_ACTION_DIMS[controller]
 
 
 def _robomimic_url(variant: str) -> str:
@@ -62,10 +76,23 @@ def check_dataset(
         demos = [k for k in f["data"] if k.startswith("demo_")]
         if not demos:
             raise ValueError(f"dataset {path} holds no demos under data/")
+        env_args = json.loads(f["data"].attrs["env_args"])
+        action_dim = env_action_dim(env_args)
         for demo in demos:
             g = f[f"data/{demo}"]
             if "actions" not in g:
                 raise ValueError(f"dataset {path}: data/{demo} has no 'actions'")
+            dim = g["actions"].shape[-1] if g["actions"].ndim == 2 else None
+            if action_dim is not None and dim != action_dim:
+                kwargs = env_args["env_kwargs"]
+                robots = kwargs["robots"]
+                robot = robots if isinstance(robots, str) else robots[0]
+                raise ValueError(
+                    f"dataset {path}: data/{demo}/actions are {dim}-dim but its env "
+                    f"({env_args.get('env_name')}, {robot}, "
+                    f"{kwargs['controller_configs']['type']} controller) takes "
+                    f"{action_dim}-dim actions; use demos recorded with that robot and controller"
+                )
             obs = g.get("obs")
             for key in (*image_keys, *lowdim_keys):
                 if obs is None or key not in obs:
@@ -80,7 +107,7 @@ def check_dataset(
                         f"(re-render with `python -m envs.lift_demos render --image_size "
                         f"{image_size}`)"
                     )
-        return json.loads(f["data"].attrs["env_args"])
+        return env_args
 
 
 def _init_obs_utils(image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...]) -> None:
@@ -250,6 +277,11 @@ def make_data(
 
     The real robomimic files cannot be downloaded here: lift-ph/mh-image need --dataset.
     """
+    if not hasattr(agent_cfg, "chunk_length"):
+        raise ValueError(
+            f"{type(agent_cfg).__name__} has no chunk_length: Lift tasks train action-chunk "
+            f"image agents (fbc)"
+        )
     if dataset is None:
         if variant != "scripted":
             url = _robomimic_url(variant)
@@ -262,16 +294,28 @@ def make_data(
         path = default_dataset(Path(cache_dir), num_demos, operators, data_seed)
     else:
         path = Path(dataset).expanduser()
-    return LiftData(
-        path,
-        chunk_length=int(getattr(agent_cfg, "chunk_length", 1)),
-        image_keys=tuple(image_keys),
-        lowdim_keys=tuple(lowdim_keys),
-        image_size=image_size,
-        device=device,
-        filter_key=filter_key,
-        horizon=horizon,
-    )
+    try:
+        return LiftData(
+            path,
+            chunk_length=int(agent_cfg.chunk_length),
+            image_keys=tuple(image_keys),
+            lowdim_keys=tuple(lowdim_keys),
+            image_size=image_size,
+            device=device,
+            filter_key=filter_key,
+            horizon=horizon,
+        )
+    except (OSError, KeyError) as err:
+        # h5py reports a damaged file (bad chunk, broken object header) as OSError or as
+        # KeyError("Unable to ..."); anything else is not the file's fault.
+        if isinstance(err, FileNotFoundError) or (
+            isinstance(err, KeyError) and "Unable to" not in str(err)
+        ):
+            raise
+        reason = str(err).strip("'\"").splitlines()[0][:200]
+        raise ValueError(
+            f"dataset {path} is damaged: reading it failed ({reason}); make or copy it again"
+        ) from None
 
 
 # ---- evaluation

@@ -1,6 +1,7 @@
 """Shared test settings: CPU, few threads, no network, no wandb."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +24,23 @@ def _isolated_torch_home(tmp_path, monkeypatch):
         raise URLError(f"tests run offline: refused to download {url}")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensor ops: a second OpenMP thread only waits on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def histories(tmp_path_factory) -> Path:
+    """A small Dark Room learning-history file: 12 training goals x 2 learners x 12 episodes."""
+    from envs.darkroom_histories import HistoriesConfig, generate_histories, save_histories
+
+    cfg = HistoriesConfig(histories_per_task=2, max_tasks=12, episodes=12, progress=False)
+    path = tmp_path_factory.mktemp("hist") / "darkroom.npz"
+    save_histories(path, generate_histories(cfg, torch.device("cpu")))
+    return path

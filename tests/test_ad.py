@@ -29,22 +29,7 @@ TINY_AD = dict(context_episodes=1, d_model=32, n_layer=2, n_head=2)
 TINY_ENC = dict(compressed_episodes=2, n_latent=4, d_model=32, n_head=2, encoder_layers=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops: a second OpenMP thread only waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def histories(tmp_path_factory) -> Path:
-    """A small learning-history file: 12 training goals x 2 learners x 12 episodes."""
-    cfg = HistoriesConfig(histories_per_task=2, max_tasks=12, episodes=12, progress=False)
-    path = tmp_path_factory.mktemp("hist") / "darkroom.npz"
-    save_histories(path, generate_histories(cfg, CPU))
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data_for(cfg, histories: Path):

@@ -37,13 +37,7 @@ from envs.darkroom_histories import (
 LEFT, RIGHT, UP, DOWN, NOOP = range(5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops: a second OpenMP thread only waits on a busy machine (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def play(env, actions, task):

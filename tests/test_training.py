@@ -82,10 +82,13 @@ def test_grad_norms_per_group():
     for g in opt.param_groups:
         expected[g["name"]] = torch.sqrt(sum(p.grad.pow(2).sum() for p in g["params"]))
     assert set(norms) == {"grad/backbone_norm", "grad/heads_norm", "grad/total_norm"}
-    assert norms["grad/backbone_norm"] == pytest.approx(expected["backbone"].item(), rel=1e-5)
-    assert norms["grad/heads_norm"] == pytest.approx(expected["heads"].item(), rel=1e-5)
+    assert all(v.shape == () for v in norms.values())  # left on the device for the logger
+    norms = {k: v.item() for k, v in norms.items()}
+    # fp32 sums in another order: agree to 1e-4
+    assert norms["grad/backbone_norm"] == pytest.approx(expected["backbone"].item(), rel=1e-4)
+    assert norms["grad/heads_norm"] == pytest.approx(expected["heads"].item(), rel=1e-4)
     total = (expected["backbone"] ** 2 + expected["heads"] ** 2).sqrt().item()
-    assert norms["grad/total_norm"] == pytest.approx(total, rel=1e-5)
+    assert norms["grad/total_norm"] == pytest.approx(total, rel=1e-4)
 
 
 def test_parameter_report(capsys):

@@ -35,16 +35,20 @@ class ToyAgent(nn.Module):
             self, backbone_lr=cfg.lr, head_lr=cfg.lr, backbone_modules=[self.encoder]
         )
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         loss = (self.head(self.encoder(batch["x"])).squeeze(-1) - batch["y"]).pow(2).mean()
+        return loss, {"train/loss": loss.detach()}
+
+    def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
+        loss, info = (loss_fn or self.loss)(batch)
         self.updates += 1
         if self.updates == self.nan_at_update:
             loss = loss * float("nan")
         self.optimizer.zero_grad()
         loss.backward()
-        info = grad_norms(self.optimizer)
+        info.update(grad_norms(self.optimizer))
         self.optimizer.step()
-        return {"train/loss": loss.item(), **info}
+        return info
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
@@ -65,8 +69,10 @@ class ToyData:
     def describe(self) -> str:
         return "toy regression, 256 samples"
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.num_samples, (batch_size,), generator=generator)
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_samples, (batch_size,), generator=generator)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"x": self.x[idx], "y": self.y[idx]}
 
 

@@ -1,8 +1,9 @@
 """Atomic checkpoints holding tensors only: model, optimizer, step, RNG and config.
 
 Saved to a temporary file in the same directory and renamed over the target, so a crash
-mid-write leaves the previous checkpoint intact. Loaded with `weights_only=True`, so a
-file that carries pickled objects (code) is refused instead of executed.
+mid-write leaves the previous checkpoint intact (the next save removes the temp file of a
+writer that was killed). Loaded with `weights_only=True`, so a file that carries pickled
+objects (code) is refused instead of executed.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def save_checkpoint(
         "frozen": frozen_parameter_names(model),
         "extra": extra or {},
     }
+    _remove_stale_temp_files(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -96,6 +98,25 @@ def save_checkpoint(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete the temp files of writers of `path` that were killed mid-write (SIGKILL, OOM).
+
+    Only those whose process is gone: a live writer (another process on this machine)
+    keeps its file.
+    """
+    prefix = f".{path.name}.tmp-"
+    for tmp in path.parent.iterdir():
+        pid = tmp.name[len(prefix) :] if tmp.name.startswith(prefix) else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -121,7 +142,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    wrong = [k for k in own if k in state and _shape(own[k]) != _shape(state[k])]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -130,10 +151,28 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            shapes = f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            shapes = f"{_shape(state[k])} vs {_shape(own[k])}"
             parts.append(f"{len(wrong)} of another shape (e.g. {k}: {shapes})")
         raise ValueError(
             f"checkpoint {source} does not fit this model: {'; '.join(parts)}; it was made "
             f"with another architecture or config"
         )
     model.load_state_dict(state)
+
+
+def _shape(value: Any) -> tuple | str:
+    """A tensor's shape; the type name of a module's extra state (e.g. an int counter)."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str
+) -> None:
+    """optimizer.load_state_dict that fails with one line naming the likely cause."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError) as err:
+        raise ValueError(
+            f"checkpoint {source}: its optimizer state does not fit ({err}); it was made with "
+            f"other trainable parameters (freeze_mode, pooling, share_encoder)"
+        ) from None

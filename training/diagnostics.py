@@ -12,20 +12,25 @@ import torch
 from torch import nn
 
 
-def grad_norms(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """L2 norm of the gradients of each named group, and of all of them (after backward)."""
-    names, squares = [], []
+def grad_norms(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """L2 norm of the gradients of each named group, and of all of them (after backward).
+
+    0-d tensors on the parameters' device: reading them is left to whoever logs them,
+    so that a training step needs no host sync.
+    """
+    norms: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
-        grads = [p.grad.detach().float() for p in group["params"] if p.grad is not None]
-        sq = sum((g.pow(2).sum() for g in grads), torch.zeros((), device=_device_of(group)))
-        names.append(f"grad/{group.get('name', 'group')}_norm")
-        squares.append(sq)
-    if not squares:
+        grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+        norm = (
+            torch.stack(torch._foreach_norm(grads)).float().norm()
+            if grads
+            else torch.zeros((), device=_device_of(group))
+        )
+        norms[f"grad/{group.get('name', 'group')}_norm"] = norm
+    if not norms:
         return {}
-    stacked = torch.stack(squares)
-    # One host transfer for all groups rather than one per group.
-    values = torch.cat([stacked.sqrt(), stacked.sum().sqrt().reshape(1)]).tolist()
-    return {**dict(zip(names, values[:-1], strict=True)), "grad/total_norm": values[-1]}
+    norms["grad/total_norm"] = torch.stack(list(norms.values())).norm()
+    return norms
 
 
 def _device_of(group: dict) -> torch.device:

@@ -1,10 +1,11 @@
 """Guards for long runs: stop (or skip) on non-finite gradients, stop cleanly on signals.
 
 A NaN that reaches `optimizer.step()` corrupts every weight it touches, and the next
-checkpoint saves the corruption. The guard checks the gradients before each step, so the
-weights and the last checkpoint stay good. SIGINT / SIGTERM (Ctrl-C, a scheduler's
-pre-emption) set a flag that the training loop reads at the end of a step, so that it
-writes a final checkpoint instead of dying mid-update.
+checkpoint saves the corruption. The guard checks the gradients before each step and
+holds the weights on a bad one, so the weights and the last checkpoint stay good.
+SIGINT / SIGTERM (Ctrl-C, a scheduler's pre-emption) set a flag that the training loop
+reads at the end of a step, so that it writes a final checkpoint instead of dying
+mid-update.
 """
 
 from __future__ import annotations
@@ -16,38 +17,80 @@ import torch
 
 
 class NonFiniteGradient(FloatingPointError):
-    """A NaN or Inf gradient reached an optimizer step."""
+    """A NaN or Inf gradient reached an optimizer step (`step`: 1-based, when known)."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
-def guard_nonfinite(optimizer: torch.optim.Optimizer, skip: bool = False) -> dict[str, int]:
-    """Check gradients before every step: raise NonFiniteGradient, or skip the step.
+def _all_finite(group: dict) -> torch.Tensor:
+    """Device bool: every gradient in the group is finite (one fused norm kernel)."""
+    grads = [p.grad for p in group["params"] if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool, device=_device_of(group))
+    return torch.stack(torch._foreach_norm(grads)).isfinite().all()
 
-    Returns a live counter {"skipped": n} for logging.
+
+def _device_of(group: dict) -> torch.device:
+    return group["params"][0].device if group["params"] else torch.device("cpu")
+
+
+class NonFiniteGuard:
+    """Checks the gradients before every optimizer step; holds the weights on a bad one.
+
+    With a fused Adam/AdamW (what `build_optimizer` makes) the check stays on the
+    device: a flag computed there makes the fused kernel skip the step
+    (`optimizer.found_inf`, the mechanism AMP's GradScaler uses), so the guard costs no
+    host sync. The host reads the flags in `check()`, which the training loops call
+    when they log or save. Without `skip`, every step from the first bad one on is
+    held, so the weights stay the last good ones until `check()` raises. Any other
+    optimizer is checked on the host before each step (one sync per step).
     """
-    counter = {"skipped": 0}
 
-    def check(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        flags = []
-        for group in opt.param_groups:
-            grads = [p.grad for p in group["params"] if p.grad is not None]
-            ok = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else None
-            flags.append(ok)
-        present = [(g, f) for g, f in zip(opt.param_groups, flags, strict=True) if f is not None]
-        if not present:
-            return
-        finite = torch.stack([f for _, f in present]).tolist()  # one host sync per step
-        bad = [g.get("name", "group") for (g, _), ok in zip(present, finite, strict=True) if not ok]
-        if not bad:
-            return
-        if not skip:
-            raise NonFiniteGradient(f"non-finite gradient in parameter group(s) {', '.join(bad)}")
-        counter["skipped"] += 1
-        for group in opt.param_groups:  # params without a gradient are left alone by Adam
-            for p in group["params"]:
-                p.grad = None
+    def __init__(self, optimizer: torch.optim.Optimizer, skip: bool = False) -> None:
+        self.optimizer = optimizer
+        self.skip = skip
+        self.names = [g.get("name", "group") for g in optimizer.param_groups]
+        self.on_device = bool(optimizer.defaults.get("fused"))
+        device = _device_of(optimizer.param_groups[0])
+        self.steps = torch.zeros((), dtype=torch.long, device=device)
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_groups = torch.zeros(len(self.names), dtype=torch.bool, device=device)
+        optimizer.register_step_pre_hook(self._before_step)
 
-    optimizer.register_step_pre_hook(check)
-    return counter
+    def _before_step(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        bad = ~torch.stack([_all_finite(g) for g in opt.param_groups])
+        self.steps += 1
+        first = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(first, self.steps, self.first_bad)
+        self.bad_groups = torch.where(first, bad, self.bad_groups)
+        hold = bad.any() if self.skip else self.first_bad >= 0
+        self.skipped += hold
+        if self.on_device:
+            opt.found_inf = hold.float()
+            return
+        if bool(hold):  # host check: one sync per step
+            if not self.skip:
+                self.check()
+            for group in opt.param_groups:  # params without a gradient are left alone
+                for p in group["params"]:
+                    p.grad = None
+
+    def check(self) -> int:
+        """Raise NonFiniteGradient if a step was non-finite (unless skipping); one host read.
+
+        Returns the number of steps skipped so far. The error names the groups; its
+        `step` is the first bad optimizer step, 1-based, counted from this guard's creation.
+        """
+        first, skipped, *groups = torch.cat(
+            [self.first_bad.reshape(1), self.skipped.reshape(1), self.bad_groups.long()]
+        ).tolist()
+        if first >= 0 and not self.skip:
+            bad = ", ".join(n for n, b in zip(self.names, groups, strict=True) if b)
+            raise NonFiniteGradient(f"non-finite gradient in parameter group(s) {bad}", first)
+        return int(skipped)
 
 
 class StopOnSignal:

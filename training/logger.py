@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from tqdm import tqdm
 
 from training.checkpoint import config_to_dict
@@ -54,8 +55,18 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
+def as_floats(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Plain floats, in order; tensor values are read off their device in one transfer."""
+    tensors = [v.detach().float().reshape(()) for v in metrics.values() if torch.is_tensor(v)]
+    read = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+    return {k: next(read) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+
+
 class RunLogger:
-    """Logs flat metric dicts to the console, `metrics.jsonl` and (maybe) wandb."""
+    """Logs flat metric dicts to the console, `metrics.jsonl` and (maybe) wandb.
+
+    `active=False` (every rank but 0 of a distributed run) makes every method a no-op.
+    """
 
     def __init__(
         self,
@@ -64,7 +75,12 @@ class RunLogger:
         wandb: WandbConfig = WandbConfig(),
         run_name: str | None = None,
         console_every: int = 1,
+        active: bool = True,
     ) -> None:
+        self.active = active
+        self._wandb = None
+        if not active:
+            return
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.config = config_to_dict(config)
@@ -76,7 +92,6 @@ class RunLogger:
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._start = time.time()
         self.wandb_mode = resolve_wandb_mode(wandb.mode)
-        self._wandb = None
         if self.wandb_mode != "disabled":
             self._wandb = self._init_wandb(wandb)
 
@@ -114,14 +129,18 @@ class RunLogger:
 
     def add_config(self, values: dict[str, Any]) -> None:
         """Record facts found at run time (e.g. weights that fell back to random)."""
+        if not self.active:
+            return
         self.config.update(values)
         (self.output_dir / "config.json").write_text(json.dumps(self.config, indent=2))
         if self._wandb is not None:
             self._wandb.config.update(values, allow_val_change=True)
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        """Log one flat dict of metrics at `step`."""
-        clean = {k: float(v) for k, v in metrics.items()}
+    def log(self, metrics: dict[str, float | torch.Tensor], step: int) -> None:
+        """Log one flat dict of metrics (floats or 0-d tensors) at `step`."""
+        if not self.active:
+            return
+        clean = as_floats(metrics)
         record = {"step": int(step), "time": round(time.time() - self._start, 3), **clean}
         self._jsonl.write(json.dumps(record) + "\n")
         if self._wandb is not None:
@@ -133,6 +152,8 @@ class RunLogger:
 
     def log_video(self, key: str, path: str | Path, step: int) -> None:
         """Upload a GIF/MP4 to wandb (the file stays in the run directory)."""
+        if not self.active:
+            return
         if self._wandb is not None:
             import wandb
 
@@ -141,6 +162,8 @@ class RunLogger:
 
     def log_image(self, key: str, path: str | Path, step: int) -> None:
         """Upload a PNG to wandb (the file stays in the run directory)."""
+        if not self.active:
+            return
         if self._wandb is not None:
             import wandb
 
@@ -149,6 +172,8 @@ class RunLogger:
 
     def close(self) -> None:
         """Flush and finish."""
+        if not self.active:
+            return
         self._jsonl.close()
         if self._wandb is not None:
             self._wandb.finish()

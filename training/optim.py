@@ -45,7 +45,7 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     backbone_modules: Iterable[nn.Module] | None = None,
 ) -> torch.optim.Optimizer:
-    """Adam/AdamW over named groups `backbone` (omitted when empty) and `heads`."""
+    """Fused Adam/AdamW over named groups `backbone` (omitted when empty) and `heads`."""
     backbone, heads = split_parameters(model, backbone_modules)
     groups = []
     if backbone:
@@ -59,7 +59,9 @@ def build_optimizer(
     classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if kind not in classes:
         raise ValueError(f"unknown optimizer {kind!r}; choose adam or adamw")
-    return classes[kind](groups, eps=eps, weight_decay=weight_decay, betas=betas)
+    # Fused: one kernel per step, and it can skip a step on a device-side flag, which is
+    # how training.guards holds the weights on a non-finite gradient without a host sync.
+    return classes[kind](groups, eps=eps, weight_decay=weight_decay, betas=betas, fused=True)
 
 
 def scale_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
