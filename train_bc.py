@@ -120,8 +120,19 @@ def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
     )
 
 
+def check_settings(cfg: TrainBCConfig) -> None:
+    """One-line errors for counts that cannot work (here, not in tyro's framed messages)."""
+    positive = ("batch_size", "log_interval", "save_interval")
+    at_least_zero = ("offline_steps", "eval_interval", "eval_episodes")
+    for name in positive + at_least_zero:
+        value, low = getattr(cfg, name), 1 if name in positive else 0
+        if value < low:
+            raise ValueError(f"--{name}={value} must be at least {low}")
+
+
 def train(cfg: TrainBCConfig) -> dict[str, float]:
     """Train, evaluate and checkpoint; returns the final evaluation metrics (rank 0's)."""
+    check_settings(cfg)
     world, device = init_world(resolve_device(cfg.device))
     shard = world.shard(cfg.batch_size)  # --batch_size is the global batch
     seed_everything(cfg.seed)
@@ -160,10 +171,13 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         load_model_state(agent, ckpt["model"], str(ckpt_path))
         load_optimizer_state(agent.optimizer, ckpt["optimizer"], str(ckpt_path))
-        rank_rngs = ckpt["extra"].get("rank_rng", [ckpt["rng"]])
-        restore_rng(rank_rngs[world.rank] if len(rank_rngs) == world.world_size else ckpt["rng"])
         sampler.set_state(ckpt["extra"]["sampler"].cpu())
         start_step = ckpt["step"]
+        rank_rngs = ckpt["extra"].get("rank_rng", [ckpt["rng"]])
+        if len(rank_rngs) == world.world_size:
+            restore_rng(rank_rngs[world.rank])
+        else:  # saved by another number of processes: same batches, fresh per-rank noise
+            seed_everything(cfg.seed + world.rank + start_step)
     elif world.enabled:
         seed_everything(cfg.seed + world.rank)  # per-rank noise; DDP syncs the weights
     # The loss's forward, data-parallel over processes and in bf16 when asked for.

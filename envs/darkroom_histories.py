@@ -284,9 +284,19 @@ def load_histories(path: str | Path) -> Histories:
             f"{path} is not a Dark Room histories file: missing {', '.join(missing)}; make "
             f"one with python -m envs.darkroom_histories"
         )
-    meta = json.loads(str(arrays["meta_json"]))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(str(arrays["meta_json"]))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: its meta_json is not JSON ({err}); make the file again with "
+            f"python -m envs.darkroom_histories"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(
+            f"{path} has format {found!r}, expected {FORMAT!r}; make it again with "
+            f"python -m envs.darkroom_histories"
+        )
     return Histories(
         obs=arrays["obs"],
         actions=arrays["actions"],

@@ -600,7 +600,11 @@ def test_bad_histories_files_are_one_line_and_touch_nothing(
     damaged.write_bytes(raw[:100] + b"\xff" * (len(raw) - 400) + raw[-300:])
     wrong_keys = tmp_path / "wrong_keys.npz"
     np.savez(wrong_keys, obs=np.zeros((2, 12, 2), np.uint8), states=np.zeros(3))
+    bad_meta = tmp_path / "bad_meta.npz"
+    with np.load(histories, allow_pickle=False) as arrays:
+        np.savez(bad_meta, **{**dict(arrays), "meta_json": np.array("{not json")})
     expected = {
+        bad_meta: "its meta_json is not JSON (",
         truncated: "is not a .npz (zip) file",
         damaged: "is not a readable .npz file (",
         wrong_keys: "is not a Dark Room histories file: missing actions, rewards, tasks",

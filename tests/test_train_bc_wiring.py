@@ -174,3 +174,12 @@ def test_signal_writes_final_checkpoint_and_exits_cleanly(tmp_path, sig):
     step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 10_000_000
     assert not (out / "final_metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flag", ["--batch_size=0", "--eval_episodes=-1", "--log_interval=0", "--offline_steps=-5"]
+)
+def test_impossible_counts_are_one_line_errors(tmp_path, flag):
+    with pytest.raises(ValueError, match=f"^{flag} must be at least [01]$"):
+        run(tmp_path, flag, "--output_dir", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

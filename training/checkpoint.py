@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -127,10 +128,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"refusing to load {path}: not a tensors-only checkpoint ({reason[:200]})"
-        ) from None
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            # torch's own text goes on to suggest weights_only=False, i.e. running the file.
+            reason = "it holds pickled Python objects, which could run code when loaded"
+        else:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        message = f"refusing to load {path}: not a tensors-only checkpoint ({reason})"
+        raise ValueError(message) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise ValueError(f"{path} is not one of our checkpoints (no model/step entries)")
     ckpt["config"] = json.loads(ckpt["config"]) if isinstance(ckpt.get("config"), str) else {}

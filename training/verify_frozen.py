@@ -86,4 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.cli import run_main
+
+    run_main(lambda: sys.exit(main()))  # a refused or missing file: one line, exit 2
