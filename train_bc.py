@@ -186,7 +186,14 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
 
     if world.is_main:  # inputs checked: only now may --overwrite delete the old run
         open_run_dir(run_dir, overwrite=cfg.overwrite)
-    logger = RunLogger(run_dir, cfg, cfg.wandb, run_name=run_dir.name, active=world.is_main)
+    logger = RunLogger(
+        run_dir,
+        cfg,
+        cfg.wandb,
+        run_name=run_dir.name,
+        active=world.is_main,
+        resume_step=start_step if cfg.resume else None,
+    )
     logger.add_config({"agent_name": cfg.agent_name, **encoder_weight_sources(agent)})
     if world.is_main:
         logger.log(parameter_report(agent, agent.optimizer, agent.components()), step=start_step)

@@ -293,7 +293,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     # Only now, with the config and any checkpoint accepted, is the run directory written.
     if world.is_main:
         open_run_dir(out_dir, overwrite=cfg.overwrite)
-    logger = RunLogger(out_dir, cfg, wandb=cfg.wandb, active=world.is_main)
+    logger = RunLogger(
+        out_dir,
+        cfg,
+        wandb=cfg.wandb,
+        active=world.is_main,
+        resume_step=global_step if cfg.resume else None,
+    )
     logger.add_config(
         {
             "weights_source": model.actor_encoder.weights_source,

@@ -183,3 +183,19 @@ def test_impossible_counts_are_one_line_errors(tmp_path, flag):
     with pytest.raises(ValueError, match=f"^{flag} must be at least [01]$"):
         run(tmp_path, flag, "--output_dir", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_a_crash_sets_aside_the_steps_it_recomputes(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError):  # dies at step 8; the checkpoint is step 5
+        run(tmp_path, "--offline_steps=10", f"--output_dir={out}", "--save_interval=5",
+            "--agent.nan_at_update=8")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "train/lo')  # a line cut short by the crash
+    run(tmp_path, "--offline_steps=10", f"--output_dir={out}", "--save_interval=5",
+        "--resume=True")
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert steps == list(range(1, 11))  # each step once
+    rewound = (out / "metrics.rewound.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in rewound[:2]] == [6, 7] and len(rewound) == 3

@@ -62,10 +62,35 @@ def as_floats(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
     return {k: next(read) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
 
 
+def rewind_metrics(path: Path, step: int) -> int:
+    """Move the records logged after `step` to metrics.rewound.jsonl; returns how many.
+
+    A run that died after its last checkpoint logged steps that the resumed run computes
+    again; without this they would appear twice. A line cut short by the crash goes too.
+    """
+    if not path.exists():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            (later if json.loads(line)["step"] > step else keep).append(line)
+        except (ValueError, KeyError, TypeError):
+            later.append(line)
+    if later:
+        with open(path.with_name("metrics.rewound.jsonl"), "a") as f:
+            f.writelines(later)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+    return len(later)
+
+
 class RunLogger:
     """Logs flat metric dicts to the console, `metrics.jsonl` and (maybe) wandb.
 
     `active=False` (every rank but 0 of a distributed run) makes every method a no-op.
+    `resume_step`: the checkpoint's step when resuming; records logged after it are set
+    aside (`rewind_metrics`). wandb keeps them: it ignores steps below its last one.
     """
 
     def __init__(
@@ -76,6 +101,7 @@ class RunLogger:
         run_name: str | None = None,
         console_every: int = 1,
         active: bool = True,
+        resume_step: int | None = None,
     ) -> None:
         self.active = active
         self._wandb = None
@@ -89,6 +115,13 @@ class RunLogger:
         self._calls = 0
         (self.output_dir / "config.json").write_text(json.dumps(self.config, indent=2))
         # Append: a resumed run continues the same file.
+        if resume_step is not None:
+            rewound = rewind_metrics(self.output_dir / "metrics.jsonl", resume_step)
+            if rewound:
+                tqdm.write(
+                    f"resuming at step {resume_step}: moved {rewound} later record(s) of "
+                    f"metrics.jsonl to metrics.rewound.jsonl"
+                )
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", buffering=1)
         self._start = time.time()
         self.wandb_mode = resolve_wandb_mode(wandb.mode)
