@@ -3,6 +3,7 @@
     python train_bc.py --agent.freeze_encoder=True
     python train_bc.py --env_name=lift-ph-image --dataset=lift_ph_image.hdf5
     python train_bc.py --env_name=darkroom --agent=ad
+    torchrun --standalone --nproc_per_node=8 train_bc.py --batch_size=2048   # 8 GPUs
 
 `--env_name` picks the task (data + evaluation runner, envs/bc_tasks.py) and `--agent`
 the method (agents/, default: the task's); both are read first, because they decide

@@ -1,6 +1,7 @@
 """PPO on Durotaxis with ResNet actor and critic backbones, frozen or fine-tuned.
 
     python train_ppo.py --backbone.freeze_mode=all
+    torchrun --standalone --nproc_per_node=8 train_ppo.py --ppo.num_envs=256   # 8 GPUs
 
 Rollouts and updates run on `--device` (the environments are tensors there too). With
 every backbone frozen (freeze_mode=all, avg pooling) the features computed in the
