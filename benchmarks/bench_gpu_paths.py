@@ -66,6 +66,8 @@ class GPUBenchConfig:
     """Timed steps per round."""
     rounds: int = 3
     """Rounds (the median is reported)."""
+    parts: tuple[str, ...] = ("fbc", "ad", "durotaxis")
+    """Which benchmarks to run."""
     device: str = "auto"
     """auto | cpu | cuda."""
 
@@ -262,9 +264,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}")
     syncs: dict[str, str] = {}
-    bench_fbc(cfg, device, syncs)
-    bench_ad(cfg, device, syncs)
-    bench_durotaxis(cfg, device, syncs)
+    benches = {"fbc": bench_fbc, "ad": bench_ad, "durotaxis": bench_durotaxis}
+    for part in cfg.parts:
+        benches[part](cfg, device, syncs)
     print("\nhost syncs inside the inner loops (torch.cuda.set_sync_debug_mode('error'))")
     for key, result in syncs.items():
         print(f"  {key:<26}{result}")
