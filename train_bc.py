@@ -140,15 +140,13 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     task = get_bc_task(cfg.env_name)
     task_module = task.load()
     _, agent_class = get_agent(cfg.agent_name)
-    run_dir = None
-    if world.is_main:
-        run_dir = choose_run_dir(
-            cfg.output_dir,
-            f"{cfg.env_name}_{cfg.agent_name}_s{cfg.seed}",
-            resume=cfg.resume,
-            overwrite=cfg.overwrite,
-        )
-    run_dir = broadcast_object(run_dir, world)
+    name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.seed}"
+    run_dir = broadcast_object(  # rank 0 checks and picks it (a default name has a time in it)
+        choose_run_dir(cfg.output_dir, name, resume=cfg.resume, overwrite=cfg.overwrite)
+        if world.is_main
+        else None,
+        world,
+    )
     cfg = replace(cfg, output_dir=str(run_dir))
 
     # ---- data and agent (rank 0 first: it may generate and cache the default dataset)
@@ -213,13 +211,17 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
 
     last_saved = {"step": start_step if cfg.resume else None}
 
-    def save(step: int) -> None:
-        extra = {"sampler": sampler.get_state(), "skipped_nonfinite": check_finite(step)}
+    def save(step: int, skipped: int) -> None:
+        extra = {"sampler": sampler.get_state(), "skipped_nonfinite": skipped}
         if world.enabled:
             extra["rank_rng"] = gather_objects(rng_state(), world)
         if world.is_main:
             save_checkpoint(
-                ckpt_path, model=agent, optimizer=agent.optimizer, step=step, config=cfg,
+                ckpt_path,
+                model=agent,
+                optimizer=agent.optimizer,
+                step=step,
+                config=cfg,
                 extra=extra,
             )
         last_saved["step"] = step
@@ -267,7 +269,9 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
             saving = last or step % cfg.save_interval == 0
             logging = step % cfg.log_interval == 0
             sync_point = logging or evaluating or saving
-            if sync_point:
+            # With several processes a signal is acted on at a sync point, by all ranks.
+            stopping = stop_agreed(stop.requested is not None, world, device, sync_point)
+            if sync_point or stopping:
                 skipped = check_finite(step)
             if logging:
                 info = mean_metrics(info, world)
@@ -278,10 +282,8 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
                 logger.log(info, step=step)
             if evaluating:
                 metrics = evaluate(step)
-            # With several processes a signal is acted on at a sync point, by all ranks.
-            stopping = stop_agreed(stop.requested is not None, world, device, sync_point)
-            if saving or stopping:  # save() checks the guard first
-                save(step)
+            if saving or stopping:
+                save(step, skipped)
             if stopping:
                 if world.is_main:
                     tqdm.write(

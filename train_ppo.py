@@ -245,15 +245,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     guard = NonFiniteGuard(optimizer, skip=cfg.skip_nonfinite)
     reuse = cfg.reuse_features and model.features_are_fixed
 
-    out_dir = None
-    if world.is_main:
-        out_dir = choose_run_dir(
-            cfg.output_dir,
-            f"ppo_durotaxis_{cfg.backbone.freeze_mode}_s{cfg.seed}",
-            resume=cfg.resume,
-            overwrite=cfg.overwrite,
-        )
-    out_dir = broadcast_object(out_dir, world)
+    name = f"ppo_durotaxis_{cfg.backbone.freeze_mode}_s{cfg.seed}"
+    out_dir = broadcast_object(  # rank 0 checks and picks it (a default name has a time in it)
+        choose_run_dir(cfg.output_dir, name, resume=cfg.resume, overwrite=cfg.overwrite)
+        if world.is_main
+        else None,
+        world,
+    )
     ckpt_path = out_dir / "checkpoints" / "last.pt"
 
     # ----- what one iteration hands the next: fresh, or as a checkpoint left it ----------
@@ -269,14 +267,14 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         # Loaded on the CPU (RNG states must be CPU tensors); load_state_dicts move the rest.
         ckpt = load_checkpoint(ckpt_path)
         carried = ckpt["extra"]
-        if "env" not in carried:
+        if "ranks" not in carried:
             raise ValueError(
                 f"{ckpt_path} holds no environment state (an older train_ppo.py wrote it), so "
                 f"the run cannot continue exactly; start a new run"
             )
         load_model_state(model, ckpt["model"], str(ckpt_path))
         load_optimizer_state(optimizer, ckpt["optimizer"], str(ckpt_path))
-        ranks = carried.get("ranks", [{k: carried[k] for k in ("env", "shuffle_gen")}])
+        ranks = carried["ranks"]
         if len(ranks) != world.world_size:
             raise ValueError(
                 f"{ckpt_path} was written by {len(ranks)} process(es); resume it with as many "
@@ -287,7 +285,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         shuffle_gen.set_state(ranks[world.rank]["shuffle_gen"])
         guard.skipped += int(carried["skipped_nonfinite_steps"])
         baselines, history = carried["baselines"], carried["history"]
-        restore_rng(ranks[world.rank].get("rng", ckpt["rng"]))
+        restore_rng(ranks[world.rank]["rng"])
         global_step = ckpt["step"]
         start_iteration = int(carried["iteration"]) + 1
 
@@ -313,10 +311,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             f"NOTE: backbones are randomly initialised ({model.actor_encoder.weights_source}); "
             "a frozen random ResNet still gives usable features for this task."
         )
-    if cfg.resume:  # the first part of the run logged the parameter report
-        tqdm.write(f"resumed from {ckpt_path} at step {global_step}")
-    elif world.is_main:
-        logger.log(parameter_report(model, optimizer, model.components()), step=0)
+    if world.is_main:
+        if cfg.resume:  # the first part of the run logged the parameter report
+            tqdm.write(f"resumed from {ckpt_path} at step {global_step}")
+        else:
+            logger.log(parameter_report(model, optimizer, model.components()), step=0)
     # The loss's forward, data-parallel over processes and in bf16 when asked for.
     loss_fn = data_parallel(LossForward(model, partial(ppo_loss, model, cfg=ppo)), world, device)
     loss_fn = with_autocast(loss_fn, device, cfg.amp)
@@ -440,8 +439,12 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             stopping = stop_agreed(stop.requested is not None, world, device, sync_point=True)
             if last or iteration % cfg.checkpoint_every == 0 or stopping:
                 # Every rank's environments and generators, so each continues exactly.
-                own = {"env": envs.state_dict(), "shuffle_gen": shuffle_gen.get_state()}
-                ranks = gather_objects({**own, "rng": rng_state()}, world)
+                own = {
+                    "env": envs.state_dict(),
+                    "shuffle_gen": shuffle_gen.get_state(),
+                    "rng": rng_state(),
+                }
+                ranks = gather_objects(own, world)
                 if world.is_main:
                     save_checkpoint(
                         ckpt_path,
@@ -451,8 +454,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
                         config=cfg,
                         extra={
                             "iteration": iteration,
-                            **own,
-                            **({"ranks": ranks} if world.enabled else {}),
+                            "ranks": ranks,
                             "skipped_nonfinite_steps": metrics["train/skipped_nonfinite_steps"],
                             "baselines": baselines,
                             "history": history,

@@ -20,21 +20,20 @@ def grad_norms(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """
     norms: dict[str, torch.Tensor] = {}
     for group in optimizer.param_groups:
-        grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
-        norm = (
-            torch.stack(torch._foreach_norm(grads)).float().norm()
-            if grads
-            else torch.zeros((), device=_device_of(group))
-        )
-        norms[f"grad/{group.get('name', 'group')}_norm"] = norm
+        norms[f"grad/{group.get('name', 'group')}_norm"] = tensor_grad_norms(group).float().norm()
     if not norms:
         return {}
     norms["grad/total_norm"] = torch.stack(list(norms.values())).norm()
     return norms
 
 
-def _device_of(group: dict) -> torch.device:
-    return group["params"][0].device if group["params"] else torch.device("cpu")
+def tensor_grad_norms(group: dict) -> torch.Tensor:
+    """The L2 norm of each gradient in a parameter group (one fused kernel); empty if none."""
+    grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+    if not grads:
+        device = group["params"][0].device if group["params"] else torch.device("cpu")
+        return torch.zeros(0, device=device)
+    return torch.stack(torch._foreach_norm(grads))
 
 
 def frozen_parameter_names(model: nn.Module) -> list[str]:

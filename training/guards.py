@@ -15,6 +15,8 @@ from types import FrameType
 
 import torch
 
+from training.diagnostics import tensor_grad_norms
+
 
 class NonFiniteGradient(FloatingPointError):
     """A NaN or Inf gradient reached an optimizer step (`step`: 1-based, when known)."""
@@ -22,18 +24,6 @@ class NonFiniteGradient(FloatingPointError):
     def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)
         self.step = step
-
-
-def _all_finite(group: dict) -> torch.Tensor:
-    """Device bool: every gradient in the group is finite (one fused norm kernel)."""
-    grads = [p.grad for p in group["params"] if p.grad is not None]
-    if not grads:
-        return torch.ones((), dtype=torch.bool, device=_device_of(group))
-    return torch.stack(torch._foreach_norm(grads)).isfinite().all()
-
-
-def _device_of(group: dict) -> torch.device:
-    return group["params"][0].device if group["params"] else torch.device("cpu")
 
 
 class NonFiniteGuard:
@@ -49,11 +39,10 @@ class NonFiniteGuard:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, skip: bool = False) -> None:
-        self.optimizer = optimizer
         self.skip = skip
         self.names = [g.get("name", "group") for g in optimizer.param_groups]
         self.on_device = bool(optimizer.defaults.get("fused"))
-        device = _device_of(optimizer.param_groups[0])
+        device = optimizer.param_groups[0]["params"][0].device
         self.steps = torch.zeros((), dtype=torch.long, device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -61,7 +50,7 @@ class NonFiniteGuard:
         optimizer.register_step_pre_hook(self._before_step)
 
     def _before_step(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        bad = ~torch.stack([_all_finite(g) for g in opt.param_groups])
+        bad = ~torch.stack([tensor_grad_norms(g).isfinite().all() for g in opt.param_groups])
         self.steps += 1
         first = bad.any() & (self.first_bad < 0)
         self.first_bad = torch.where(first, self.steps, self.first_bad)
