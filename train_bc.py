@@ -1,6 +1,7 @@
 """Behaviour cloning from a dataset: flow-matching BC on Lift, Algorithm Distillation on Dark Room.
 
     python train_bc.py --agent.freeze_encoder=True
+    python train_bc.py --agent.encoder.freeze_mode=until_layer3
     python train_bc.py --env_name=lift-ph-image --dataset=lift_ph_image.hdf5
     python train_bc.py --env_name=darkroom --agent=ad
     torchrun --standalone --nproc_per_node=8 train_bc.py --batch_size=2048   # 8 GPUs
@@ -12,46 +13,28 @@ which config the remaining flags fill in. `--help` after them lists that config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 import torch
 import tyro
 from tqdm import tqdm
 
 from agents import agent_name, get_agent
-from envs.bc_tasks import get_bc_task
-from training.checkpoint import (
-    load_checkpoint,
-    load_model_state,
-    load_optimizer_state,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
-from training.cli import parse_config, pop_flag, run_main
-from training.device import resolve_device
-from training.distributed import (
-    LossForward,
-    barrier,
-    broadcast_object,
-    close_world,
-    data_parallel,
-    gather_objects,
-    init_world,
-    mean_metrics,
-    stop_agreed,
-)
-from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
-from training.logger import RunLogger, WandbConfig
+from envs.bc_tasks import BCTask, get_bc_task
+from training.cli import parse_config, pop_flag, rename_flags, run_main
+from training.distributed import LossForward, barrier, data_parallel, mean_metrics
+from training.logger import WandbConfig
 from training.precision import autocast, to_channels_last, with_autocast
-from training.report import encoder_weight_sources, parameter_report
-from training.run_dir import choose_run_dir, open_run_dir
+from training.ranges import at_least
+from training.run import Restored, Run
 from training.seeding import seed_everything
+from training.settings import RunSettings
 
 DEFAULT_ENV = "lift-scripted-image"
 AgentConfigT = TypeVar("AgentConfigT")
@@ -79,227 +62,184 @@ class TrainBCConfig(Generic[AgentConfigT]):
     (no evaluator is built: for Lift, no robosuite)."""
     eval_workers: int = 1
     """Evaluation environments run in this many worker processes (where the task supports it)."""
-    log_interval: int = 100
-    """Log training metrics every this many steps."""
-    save_interval: int = 5_000
-    """Write checkpoints/last.pt every this many steps (and at the end)."""
-    skip_nonfinite: bool = False
-    """On a NaN/Inf gradient skip the step instead of stopping the run."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto = cuda when available (under torchrun: cuda:LOCAL_RANK)."""
-    amp: bool = False
-    """bf16 autocast for the loss's forward pass and for evaluation (weights stay fp32)."""
-    channels_last: bool = False
-    """Keep convolution weights channels-last (NHWC): faster convolutions on GPUs."""
-    seed: int = 0
-    """Seeds data sampling, initialisation and evaluation."""
-    output_dir: str | None = None
-    """Run directory; None = runs/<env>_<agent>_s<seed>_<time>."""
-    resume: bool = False
-    """Continue the run in --output_dir from checkpoints/last.pt."""
-    overwrite: bool = False
-    """Replace an existing --output_dir instead of refusing to touch it."""
     cache_dir: str = "~/.cache/rlenc"
     """Where generated default datasets are kept."""
+    run: Annotated[RunSettings, tyro.conf.OmitArgPrefixes] = RunSettings()
+    """Run directory, resume, seed, device, intervals."""
     wandb: WandbConfig = WandbConfig(project="rlenc-bc")
     """Weights & Biases logging."""
+
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        for name in ("offline_steps", "eval_interval", "eval_episodes", "eval_workers"):
+            at_least(name, getattr(self, name), 0)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
     """Read --env_name and --agent, then parse the rest into that agent's config."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = rename_flags(list(sys.argv[1:] if argv is None else argv),
+                        {"--agent.pooling": "--agent.encoder.pooling"})
     env_flag, args = pop_flag(args, "--env_name")
     agent_flag, args = pop_flag(args, "--agent")
     task = get_bc_task(env_flag or DEFAULT_ENV)
     name = agent_name(agent_flag or task.default_agent)
     agent_config_class, _ = get_agent(name)
+    run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+    defaults = {k: v for k, v in task.defaults.items() if k not in run_fields}
+    run = RunSettings(**{k: v for k, v in task.defaults.items() if k in run_fields})
     default = TrainBCConfig(
-        agent=agent_config_class(), env_name=task.name, agent_name=name, **task.defaults
+        agent=agent_config_class(), env_name=task.name, agent_name=name, run=run, **defaults
     )
     return parse_config(
         TrainBCConfig[agent_config_class], args, description=__doc__, default=default
     )
 
 
-def check_settings(cfg: TrainBCConfig) -> None:
-    """One-line errors for counts that cannot work (here, not in tyro's framed messages)."""
-    positive = ("batch_size", "log_interval", "save_interval")
-    at_least_zero = ("offline_steps", "eval_interval", "eval_episodes")
-    for name in positive + at_least_zero:
-        value, low = getattr(cfg, name), 1 if name in positive else 0
-        if value < low:
-            raise ValueError(f"--{name}={value} must be at least {low}")
+def load_data(cfg: TrainBCConfig, task: BCTask, run: Run):
+    """The task's data on the run's device; rank 0 first (it may generate the default set)."""
+    if not run.world.is_main:
+        barrier(run.world)
+    data = task.load_data()(
+        cfg.dataset,
+        cfg.agent,
+        device=run.device,
+        seed=cfg.run.seed,
+        cache_dir=Path(cfg.cache_dir).expanduser(),
+        **task.options,
+    )
+    if run.world.is_main:
+        barrier(run.world)
+        tqdm.write(data.describe())
+    return data
+
+
+def resume_sampler(restored: Restored | None, sampler: torch.Generator, cfg: TrainBCConfig,
+                   run: Run) -> int:
+    """The step to start from; puts the sampler and the per-rank noise where they were."""
+    if restored is None:
+        if run.world.enabled:
+            seed_everything(cfg.run.seed + run.world.rank)  # per-rank noise; DDP syncs weights
+        return 0
+    sampler.set_state(restored.extra["sampler"].cpu())
+    if restored.rank is None:  # saved by another number of processes: fresh per-rank noise
+        seed_everything(cfg.run.seed + run.world.rank + restored.step)
+    return restored.step
 
 
 def train(cfg: TrainBCConfig) -> dict[str, float]:
-    """Train, evaluate and checkpoint; returns the final evaluation metrics (rank 0's)."""
-    check_settings(cfg)
-    world, device = init_world(resolve_device(cfg.device))
-    shard = world.shard(cfg.batch_size)  # --batch_size is the global batch
-    seed_everything(cfg.seed)
+    """Train, checkpoint and evaluate; returns the final evaluation metrics (rank 0's)."""
     task = get_bc_task(cfg.env_name)
-    task_module = task.load()
     _, agent_class = get_agent(cfg.agent_name)
-    name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.seed}"
-    run_dir = broadcast_object(  # rank 0 checks and picks it (a default name has a time in it)
-        choose_run_dir(cfg.output_dir, name, resume=cfg.resume, overwrite=cfg.overwrite)
-        if world.is_main
-        else None,
-        world,
-    )
-    cfg = replace(cfg, output_dir=str(run_dir))
-
-    # ---- data and agent (rank 0 first: it may generate and cache the default dataset)
-    cache_dir = Path(cfg.cache_dir).expanduser()
-    if not world.is_main:
-        barrier(world)
-    data = task_module.make_data(
-        cfg.dataset, cfg.agent, device=device, seed=cfg.seed, cache_dir=cache_dir, **task.options
-    )
-    if world.is_main:
-        barrier(world)
-        tqdm.write(data.describe())
-    agent = agent_class(cfg.agent, data.spec, device)
-    to_channels_last(agent, cfg.channels_last)
-    # Same sample indices on every rank, each taking its shard of the global batch.
-    sampler = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    start_step = 0
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        load_model_state(agent, ckpt["model"], str(ckpt_path))
-        load_optimizer_state(agent.optimizer, ckpt["optimizer"], str(ckpt_path))
-        sampler.set_state(ckpt["extra"]["sampler"].cpu())
-        start_step = ckpt["step"]
-        rank_rngs = ckpt["extra"].get("rank_rng", [ckpt["rng"]])
-        if len(rank_rngs) == world.world_size:
-            restore_rng(rank_rngs[world.rank])
-        else:  # saved by another number of processes: same batches, fresh per-rank noise
-            seed_everything(cfg.seed + world.rank + start_step)
-    elif world.enabled:
-        seed_everything(cfg.seed + world.rank)  # per-rank noise; DDP syncs the weights
-    # The loss's forward, data-parallel over processes and in bf16 when asked for.
-    loss_fn = data_parallel(LossForward(agent, agent.loss), world, device)
-    loss_fn = with_autocast(loss_fn, device, cfg.amp)
-
-    if world.is_main:  # inputs checked: only now may --overwrite delete the old run
-        open_run_dir(run_dir, overwrite=cfg.overwrite)
-    logger = RunLogger(
-        run_dir,
-        cfg,
-        cfg.wandb,
-        run_name=run_dir.name,
-        active=world.is_main,
-        resume_step=start_step if cfg.resume else None,
-    )
-    logger.add_config({"agent_name": cfg.agent_name, **encoder_weight_sources(agent)})
-    if world.is_main:
-        logger.log(parameter_report(agent, agent.optimizer, agent.components()), step=start_step)
-    if hasattr(agent, "prepare"):
-        data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
-    evaluator = None
-    if cfg.eval_episodes > 0 and world.is_main:
-        evaluator = task_module.make_evaluator(
-            data.spec,
-            device=device,
-            seed=cfg.seed,
-            num_workers=cfg.eval_workers,
-            video_dir=run_dir / "videos",
-            **task.options,
-        )
-
-    last_saved = {"step": start_step if cfg.resume else None}
-
-    def save(step: int, skipped: int) -> None:
-        extra = {"sampler": sampler.get_state(), "skipped_nonfinite": skipped}
-        if world.enabled:
-            extra["rank_rng"] = gather_objects(rng_state(), world)
-        if world.is_main:
-            save_checkpoint(
-                ckpt_path,
-                model=agent,
-                optimizer=agent.optimizer,
-                step=step,
-                config=cfg,
-                extra=extra,
+    name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
+    with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
+        shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
+        data = load_data(cfg, task, run)
+        agent = agent_class(cfg.agent, data.spec, run.device)
+        to_channels_last(agent, cfg.run.channels_last)
+        # Same sample indices on every rank, each taking its shard of the global batch.
+        sampler = torch.Generator(device=run.device).manual_seed(cfg.run.seed)
+        start_step = resume_sampler(run.track(agent, agent.optimizer), sampler, cfg, run)
+        # The loss's forward, data-parallel over processes and in bf16 when asked for.
+        loss_fn = data_parallel(LossForward(agent, agent.loss), run.world, run.device)
+        loss_fn = with_autocast(loss_fn, run.device, cfg.run.amp)
+        logger = run.open({"agent_name": cfg.agent_name}, agent.components())
+        if hasattr(agent, "prepare"):  # TODO contracts
+            data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
+        evaluator = None
+        if cfg.eval_episodes > 0 and run.is_main:
+            evaluator = task.load_evaluator()(
+                data.spec,
+                device=run.device,
+                seed=cfg.run.seed,
+                num_workers=cfg.eval_workers,
+                video_dir=run.dir / "videos",
+                **task.options,
             )
-        last_saved["step"] = step
 
-    def evaluate(step: int) -> dict[str, float]:
-        if evaluator is None:
-            return {}
-        with autocast(device, cfg.amp):
-            result = evaluator.run(agent, cfg.eval_episodes)
-        logger.log(result["metrics"], step=step)
-        if result.get("video") is not None:
-            logger.log_video("eval/video", result["video"], step=step)
-        for plot in result.get("plots", []):
-            logger.log_image(f"eval/{plot.stem}", plot, step=step)
-        return result["metrics"]
+        def evaluate(step: int) -> dict[str, float]:
+            if evaluator is None:
+                return {}
+            with autocast(run.device, cfg.run.amp):
+                result = run.evaluate(step, lambda: evaluator.run(agent, cfg.eval_episodes))
+            logger.log(result["metrics"], step=step)
+            if result.get("video") is not None:
+                logger.log_video("eval/video", result["video"], step=step)
+            for plot in result.get("plots", []):
+                logger.log_image(f"eval/{plot.stem}", plot, step=step)
+            return result["metrics"]
 
-    def check_finite(step: int) -> int:
         try:
-            return guard.check()
-        except NonFiniteGradient as err:
-            kept = last_saved["step"]
-            kept = "none yet" if kept is None else f"{ckpt_path} (step {kept})"
-            raise NonFiniteGradient(
-                f"step {start_step + err.step}: {err}; weights held at the step before, last "
-                f"good checkpoint: {kept}; rerun with --skip_nonfinite=True to skip such steps"
-            ) from None
+            metrics, stopped = fit(cfg, run, agent, data, loss_fn, sampler, shard, start_step,
+                                   evaluate)
+            if not stopped and start_step >= cfg.offline_steps:  # resumed a finished run
+                metrics = evaluate(start_step)
+        finally:
+            if evaluator is not None:
+                evaluator.close()
+        if not stopped and run.is_main:
+            (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return {} if stopped else metrics
 
-    # ---- training loop: the host reads the device only at log, eval and save steps
-    guard = NonFiniteGuard(agent.optimizer, skip=cfg.skip_nonfinite)
-    if cfg.resume:  # the logged count of skipped steps goes on from the checkpoint's
-        guard.skipped += int(ckpt["extra"].get("skipped_nonfinite", 0))
+
+def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Generator,
+        shard: slice, start_step: int, evaluate) -> tuple[dict[str, float], bool]:
+    """The training loop; the host reads the device only at log, eval and save steps.
+
+    Returns the last evaluation's metrics and whether a signal stopped the run.
+    """
+    every = cfg.run
     metrics: dict[str, float] = {}
     tick, tick_step = time.perf_counter(), start_step
-    steps = range(start_step + 1, cfg.offline_steps + 1)
-    progress = tqdm(
-        steps, initial=start_step, total=cfg.offline_steps, desc="train", disable=not world.is_main
-    )
-    stopping = False
-    with StopOnSignal() as stop:
+    progress = tqdm(range(start_step + 1, cfg.offline_steps + 1), initial=start_step,
+                    total=cfg.offline_steps, desc="train", disable=not run.is_main)
+    with run.stop_signal() as stop:
         for step in progress:
+            # ---- the method: one gradient step on this rank's shard of a global batch
             indices = data.sample_indices(cfg.batch_size, sampler)
             info = agent.update(data.batch(indices[shard]), loss_fn)
+
+            # ---- plumbing: sync points, logging, checkpoints, evaluation, signals
             last = step == cfg.offline_steps
             evaluating = last or (cfg.eval_interval and step % cfg.eval_interval == 0)
-            saving = last or step % cfg.save_interval == 0
-            logging = step % cfg.log_interval == 0
+            # Saved before evaluating: a failing evaluation costs no trained weights.
+            saving = evaluating or step % every.save_interval == 0
+            logging = step % every.log_interval == 0
             sync_point = logging or evaluating or saving
             # With several processes a signal is acted on at a sync point, by all ranks.
-            stopping = stop_agreed(stop.requested is not None, world, device, sync_point)
+            stopping = run.should_stop(stop, sync_point)
             if sync_point or stopping:
-                skipped = check_finite(step)
+                skipped = run.check_finite(lambda bad: f"step {start_step + (bad or 0)}")
             if logging:
-                info = mean_metrics(info, world)
+                info = mean_metrics(info, run.world)
                 now = time.perf_counter()
                 info["perf/steps_per_sec"] = (step - tick_step) / (now - tick)
                 info["train/skipped_nonfinite_steps"] = skipped
                 tick, tick_step = now, step
-                logger.log(info, step=step)
+                shown = run.logger.log(info, step=step)
+                progress.set_postfix(_postfix(shown, metrics), refresh=False)
+            if saving or stopping:
+                run.save(step, shared={"sampler": sampler.get_state()})
             if evaluating:
                 metrics = evaluate(step)
-            if saving or stopping:
-                save(step, skipped)
+                progress.set_postfix(_postfix({}, metrics), refresh=False)
             if stopping:
-                if world.is_main:
-                    tqdm.write(
-                        f"{stop.requested or 'stop signal'} at step {step}: wrote {ckpt_path}; "
-                        f"continue with --output_dir={run_dir} --resume=True"
-                    )
-                break
-    if evaluator is not None and start_step >= cfg.offline_steps:
-        metrics = evaluate(start_step)
-    if not stopping and world.is_main:
-        (run_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-    if evaluator is not None:
-        evaluator.close()
-    logger.close()
-    close_world(world)
-    return {} if stopping else metrics
+                run.announce_stop(stop, step)
+                return metrics, True
+    return metrics, False
+
+
+def _postfix(train: dict[str, float], evaluation: dict[str, float]) -> dict[str, str]:
+    """The progress bar's key figures: the loss, steps/s and the evaluation's headline."""
+    shown = {}
+    for key, value in train.items():
+        if key.endswith("_loss") and "loss" not in shown:
+            shown["loss"] = f"{value:.4g}"
+    if "perf/steps_per_sec" in train:
+        shown["steps/s"] = f"{train['perf/steps_per_sec']:.3g}"
+    for key in ("eval/success_rate", "eval/return"):
+        if key in evaluation:
+            shown[key.split("/")[1]] = f"{evaluation[key]:.3g}"
+    return shown
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from training.diagnostics import grad_norms
 from training.optim import build_optimizer, scale_learning_rates
+from training.ranges import ConfigError, at_least, below, positive
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,25 @@ class ADConfig:
     """Clip the gradient norm to this (0: no clipping)."""
     temperature: float = 1.0
     """Sampling temperature of actions in context (0: greedy)."""
+
+    def __post_init__(self) -> None:
+        check_transformer_ranges(self)
+
+
+def check_transformer_ranges(cfg) -> None:
+    """The ranges of the settings AD and compressed AD share (one-line ConfigError)."""
+    at_least("agent.context_episodes", cfg.context_episodes, 0)
+    for name in ("d_model", "n_layer", "n_head"):
+        at_least(f"agent.{name}", getattr(cfg, name), 1)
+    if cfg.d_model % cfg.n_head:
+        raise ConfigError(f"--agent.d_model={cfg.d_model} must be a multiple of "
+                          f"--agent.n_head={cfg.n_head}")
+    for name in ("dropout", "attention_dropout"):
+        at_least(f"agent.{name}", getattr(cfg, name), 0.0)
+        below(f"agent.{name}", getattr(cfg, name), 1.0)
+    positive("agent.lr", cfg.lr)
+    for name in ("lr_decay_steps", "weight_decay", "grad_clip", "temperature"):
+        at_least(f"agent.{name}", getattr(cfg, name), 0)
 
 
 # ---------------------------------------------------------------- building blocks

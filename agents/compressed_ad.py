@@ -47,6 +47,7 @@ from agents.ad import (
     previous_steps,
     sample_actions,
 )
+from encoders.freezing import FrozenParts
 from training.checkpoint import load_checkpoint, load_model_state
 from training.optim import build_optimizer
 
@@ -318,9 +319,9 @@ class CompressedADAgent(_SharedContext):
                 "--agent.freeze_encoder=True needs --agent.encoder_checkpoint=PATH of a "
                 "compressed_ad_pretrain run (freezing a random encoder trains nothing useful)"
             )
-        if cfg.freeze_encoder:
-            for module in self.shared_modules():
-                module.requires_grad_(False)
+        self.frozen_parts = FrozenParts.freeze(
+            self, self.shared_modules() if cfg.freeze_encoder else []
+        )
         self.optimizer = build_optimizer(self, backbone_lr=cfg.encoder_lr, head_lr=cfg.lr,
                                          weight_decay=cfg.weight_decay,
                                          backbone_modules=self.shared_modules())
@@ -341,10 +342,12 @@ class CompressedADAgent(_SharedContext):
     def train(self, mode: bool = True) -> CompressedADAgent:
         """Frozen encoder and embedding stay in eval mode (no dropout) whatever `mode` is."""
         super().train(mode)
-        if self.cfg.freeze_encoder:
-            for module in self.shared_modules():
-                module.eval()
+        self.frozen_parts.keep_eval(self)
         return self
+
+    def frozen_state_names(self) -> list[str]:
+        """State-dict names of the frozen encoder, embedding and LayerNorm tensors."""
+        return self.frozen_parts.state_names(self)
 
     def components(self) -> dict[str, nn.Module]:
         """Parts for the parameter report."""

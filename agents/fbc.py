@@ -11,43 +11,50 @@ Three things a public port of this agent got wrong and this file does not: the
 projection is in the optimizer (with the body, when it trains, at `backbone_lr`), the
 rollout policy runs in eval mode, and the pretrained BatchNorm layers stay BatchNorm.
 
-Frozen body and no augmentation: a frame's image features never change, so `prepare`
-computes them once for the whole dataset (batched, on the device) and training reads
-them from that cache instead of running the ResNet at every step.
+The bodies are configured by `--agent.encoder.*` (an `EncoderConfig`: arch, weights,
+freeze_mode none | all | until_layer3 | last_block, pooling); `--agent.freeze_encoder`,
+`--agent.pretrained_encoder`, `--agent.rgb_model_name` and `--agent.encoder_weights` are
+shorthands for its fields. Whole body frozen (freeze_mode=all, the default) and no
+augmentation: a frame's image features never change, so `prepare` computes them once for
+the whole dataset (batched, on the device) and training reads them from that cache
+instead of running the ResNet at every step. Partial freeze modes train through the body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from encoders import EncoderConfig, ResNetEncoder
+from encoders import Arch, EncoderConfig, ResNetEncoder
 from training.diagnostics import grad_norms
 from training.optim import build_optimizer
+
+FBC_ENCODER = EncoderConfig(freeze_mode="all")
+"""fbc's default body: ResNet-18, weights=auto, frozen."""
 
 
 @dataclass(frozen=True)
 class FBCConfig:
     """Flow-matching BC with action chunks on camera + proprio observations."""
 
-    pretrained_encoder: bool = True
-    """ImageNet weights (weights=auto: random init with a loud warning when not cached)."""
-    freeze_encoder: bool = True
-    """Freeze the ResNet bodies (params and BatchNorm statistics); only the heads train."""
-    rgb_model_name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    """ResNet body for every camera."""
-    encoder_weights: str = ""
-    """Explicit body weights (imagenet | random | PATH); overrides pretrained_encoder."""
+    encoder: EncoderConfig = FBC_ENCODER
+    """The ResNet body of every camera (default: resnet18, weights=auto, freeze_mode=all)."""
+    freeze_encoder: bool | None = None
+    """Shorthand: True = encoder.freeze_mode=all, False = encoder.freeze_mode=none."""
+    pretrained_encoder: bool | None = None
+    """Shorthand: True = encoder.weights=auto (ImageNet if cached), False = weights=random."""
+    rgb_model_name: Arch | None = None
+    """Shorthand for encoder.arch."""
+    encoder_weights: str | None = None
+    """Shorthand for encoder.weights (imagenet | random | PATH); beats pretrained_encoder."""
     share_encoder: bool = False
     """One body for all cameras instead of one per camera."""
-    pooling: Literal["avg", "spatial_softmax"] = "avg"
-    """Pooling of the body's feature map: global average or spatial-softmax keypoints."""
     emb_dim: int = 256
     """Output of the 2-layer projection of image features + low-dim observations."""
     random_crop: bool = False
@@ -85,18 +92,48 @@ class FBCConfig:
             )
         if self.flow_steps < 1:
             raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}")
+        for field, (flag, given, value) in self._shorthands().items():
+            explicit = getattr(self.encoder, field)
+            # An encoder field left at fbc's default counts as not given.
+            if explicit != getattr(FBC_ENCODER, field) and explicit != value:
+                raise ValueError(
+                    f"--agent.{flag}={given} contradicts --agent.encoder.{field}={explicit}; "
+                    f"give only one of them"
+                )
+
+    def _shorthands(self) -> dict[str, tuple[str, object, str]]:
+        """Encoder field -> (shorthand flag, its value, the field value it means), if given."""
+        out: dict[str, tuple[str, object, str]] = {}
+        if self.freeze_encoder is not None:
+            mode = "all" if self.freeze_encoder else "none"
+            out["freeze_mode"] = ("freeze_encoder", self.freeze_encoder, mode)
+        if self.pretrained_encoder is not None:
+            weights = "auto" if self.pretrained_encoder else "random"
+            out["weights"] = ("pretrained_encoder", self.pretrained_encoder, weights)
+        if self.encoder_weights:  # overrides pretrained_encoder, as it always has
+            out["weights"] = ("encoder_weights", self.encoder_weights, self.encoder_weights)
+        if self.rgb_model_name is not None:
+            out["arch"] = ("rgb_model_name", self.rgb_model_name, self.rgb_model_name)
+        return out
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        """The effective body config: `encoder` with the shorthands that were given."""
+        given = {field: value for field, (_, _, value) in self._shorthands().items()}
+        return dataclasses.replace(self.encoder, **given)
 
     @property
     def weights(self) -> str:
         """Weights spec handed to the encoder core."""
-        if self.encoder_weights:
-            return self.encoder_weights
-        return "auto" if self.pretrained_encoder else "random"
+        return self.encoder_config.weights
 
     @property
     def uses_feature_cache(self) -> bool:
-        """Frozen body and no augmentation: a frame's features are a constant."""
-        return self.freeze_encoder and not self.random_crop
+        """Whole body frozen and no augmentation: a frame's body output is a constant.
+
+        (Partial freeze modes train through the live body.)
+        """
+        return self.encoder_config.freeze_mode == "all" and not self.random_crop
 
 
 def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
@@ -125,12 +162,7 @@ class ObsEncoder(nn.Module):
         self.cfg = cfg
         self.image_keys = list(spec["image_keys"])
         self.lowdim_keys = list(spec["lowdim_keys"])
-        enc_cfg = EncoderConfig(
-            arch=cfg.rgb_model_name,
-            weights=cfg.weights,
-            freeze_mode="all" if cfg.freeze_encoder else "none",
-            pooling=cfg.pooling,
-        )
+        enc_cfg = cfg.encoder_config
         channels = int(spec["image_shape"][0])
         if cfg.share_encoder:
             shared = ResNetEncoder(enc_cfg, channels)
@@ -158,8 +190,8 @@ class ObsEncoder(nn.Module):
         return any(p.requires_grad for p in self.body(key).pool.parameters())
 
     def frozen_part(self, key: str, images: torch.Tensor) -> torch.Tensor:
-        """What a frozen body computes from images: the pooled features, or the feature
-        map when the pooling trains (what the feature cache stores)."""
+        """What the body computes from images: the pooled features, or the feature map when
+        the pooling trains (what the feature cache stores when the whole body is frozen)."""
         crop = self.cfg.random_crop
         images = (
             crop_images(images, self.cfg.crop_size, random=crop and self.training)

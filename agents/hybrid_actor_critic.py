@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from encoders import EncoderConfig, ResNetEncoder
-from envs.durotaxis import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
+from envs.durotaxis.core import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -165,9 +165,7 @@ class HybridActorCritic(nn.Module):
         self.register_buffer("params_used", used, persistent=False)
         # Decided once: what trains is fixed at construction, and act() asks every step.
         encoders = [self.actor_encoder] + ([self.critic_encoder] if self.critic_encoder else [])
-        self._features_are_fixed = not any(
-            p.requires_grad for e in encoders for p in e.parameters()
-        )
+        self._features_are_fixed = all(e.features_are_fixed for e in encoders)
 
     # ----- what is frozen, and what the rollout can cache ---------------------------------
     @property

@@ -18,6 +18,7 @@ from torch import nn
 from agents.hybrid_actor_critic import HybridActorCritic
 from training.diagnostics import grad_norms
 from training.distributed import World, mean_over_ranks
+from training.ranges import ConfigError, at_least, positive, unit_interval
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,22 @@ class PPOConfig:
     """Global gradient-norm clip."""
     target_kl: float | None = None
     """Stop the epochs of an update early when approx_kl exceeds this (None: never)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_envs", "num_steps", "total_timesteps", "num_minibatches",
+                     "update_epochs"):
+            at_least(f"ppo.{name}", getattr(self, name), 1)
+        unit_interval("ppo.gamma", self.gamma)
+        unit_interval("ppo.gae_lambda", self.gae_lambda)
+        for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
+            at_least(f"ppo.{name}", getattr(self, name), 0.0)
+        if self.target_kl is not None:
+            positive("ppo.target_kl", self.target_kl)
+        if self.num_minibatches > self.batch_size:
+            raise ConfigError(
+                f"--ppo.num_minibatches={self.num_minibatches} is more than the "
+                f"{self.batch_size} transitions of a rollout (ppo.num_envs x ppo.num_steps)"
+            )
 
     @property
     def batch_size(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from agents.fbc import FBCAgent, FBCConfig
-from envs.lift_task import make_data
+from envs.lift.dataset import make_data
 from training.device import resolve_device
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.dataset
         if path is None:
-            from envs.lift_demos import generate
+            from envs.lift.demos import generate
 
             path = Path(tmp) / "bench.hdf5"
             generate(path, args.num_demos, seed=0, operators=2)

@@ -1,14 +1,23 @@
-"""The encoder's configuration: one frozen dataclass, validated when built."""
+"""The encoder's configuration: one frozen dataclass, validated when built.
+
+The Literal aliases (`Arch`, `InputAdapter`, `FreezeMode`, `Pooling`) are what other
+configs use for fields that hold these choices, so tyro offers the same choices there.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
-INPUT_ADAPTERS = ("repeat3", "1ch_conv", "none")
-FREEZE_MODES = ("none", "all", "until_layer3", "last_block")
-POOLINGS = ("avg", "spatial_softmax")
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+InputAdapter = Literal["repeat3", "1ch_conv", "none"]
+FreezeMode = Literal["none", "all", "until_layer3", "last_block"]
+Pooling = Literal["avg", "spatial_softmax"]
+
+ARCHS: tuple[str, ...] = get_args(Arch)
+INPUT_ADAPTERS: tuple[str, ...] = get_args(InputAdapter)
+FREEZE_MODES: tuple[str, ...] = get_args(FreezeMode)
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 NAMED_WEIGHTS = ("auto", "imagenet", "random")
 
 
@@ -16,15 +25,15 @@ NAMED_WEIGHTS = ("auto", "imagenet", "random")
 class EncoderConfig:
     """A torchvision ResNet body, its weights, its input adapter and what of it is frozen."""
 
-    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    arch: Arch = "resnet18"
     """ResNet body: resnet18 / resnet34 (512 features) or resnet50 (2048)."""
     weights: str = "auto"
     """auto (ImageNet if cached, else random with a warning) | imagenet | random | PATH."""
-    input_adapter: Literal["repeat3", "1ch_conv", "none"] = "none"
+    input_adapter: InputAdapter = "none"
     """1-channel images: repeat3 (repeat to RGB) or 1ch_conv (conv1 summed over RGB)."""
-    freeze_mode: Literal["none", "all", "until_layer3", "last_block"] = "none"
+    freeze_mode: FreezeMode = "none"
     """none | all | until_layer3 (layer4 trains) | last_block (only layer4[-1] trains)."""
-    pooling: Literal["avg", "spatial_softmax"] = "avg"
+    pooling: Pooling = "avg"
     """Global average pooling, or robomimic-style spatial-softmax keypoints."""
     num_keypoints: int = 32
     """Keypoints of the spatial softmax (features = 2 x num_keypoints)."""
@@ -40,5 +49,7 @@ class EncoderConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if not self.weights:
+            raise ValueError(f"weights must be one of {', '.join(NAMED_WEIGHTS)} or a PATH, got ''")
         if self.num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {self.num_keypoints}")

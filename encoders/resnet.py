@@ -7,7 +7,7 @@ from torch import nn
 from torchvision import models
 
 from encoders.config import EncoderConfig
-from encoders.freezing import freeze, frozen_modules
+from encoders.freezing import FrozenParts, frozen_modules
 from encoders.weights import resolve_body_state
 
 _BUILDERS = {"resnet18": models.resnet18, "resnet34": models.resnet34, "resnet50": models.resnet50}
@@ -41,6 +41,8 @@ class ResNetEncoder(nn.Module):
     `.backbone` is the torchvision body without its fc layer. With pretrained weights the
     input is normalised with the ImageNet statistics; 1-channel input uses their mean over
     RGB for both adapters, which is what makes `1ch_conv` compute exactly `repeat3` at init.
+    The parts `cfg.freeze_mode` freezes stay in eval mode; `frozen_state_names()` lists
+    their tensors (the `HasFrozenState` contract).
     """
 
     def __init__(self, cfg: EncoderConfig, in_channels: int) -> None:
@@ -79,12 +81,25 @@ class ResNetEncoder(nn.Module):
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.out_dim = body_dim
 
-        self.pinned_batchnorms = freeze(frozen_modules(body, cfg.freeze_mode))
+        self.frozen_parts = FrozenParts.freeze(self, frozen_modules(body, cfg.freeze_mode))
 
     @property
     def is_frozen(self) -> bool:
-        """True when the whole body is frozen (its output depends on the input alone)."""
+        """True when the whole body is frozen (the pooling may still train)."""
         return self.cfg.freeze_mode == "all"
+
+    @property
+    def features_are_fixed(self) -> bool:
+        """True when nothing in the encoder trains: its features depend on the input alone.
+
+        (freeze_mode=all with a spatial-softmax pool still trains the pool: not fixed.)
+        """
+        frozen = set(self.frozen_state_names())
+        return all(name in frozen for name, _ in self.named_parameters())
+
+    def frozen_state_names(self) -> list[str]:
+        """State-dict names (relative to this encoder) of the frozen parameters and buffers."""
+        return self.frozen_parts.state_names(self)
 
     @staticmethod
     def _check_channels(adapter: str, in_channels: int) -> None:
@@ -97,14 +112,16 @@ class ResNetEncoder(nn.Module):
             )
 
     def train(self, mode: bool = True) -> ResNetEncoder:
-        """Switch modes, keeping every frozen BatchNorm in eval mode."""
+        """Switch modes, keeping the frozen parts (and their BatchNorm) in eval mode."""
         super().train(mode)
-        for layer in self.pinned_batchnorms:
-            layer.eval()
+        self.frozen_parts.keep_eval(self)
         return self
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """The body's last feature map, B x C' x H/32 x W/32."""
+        # Again here: a .train() on the body itself bypasses our override, and a frozen BN
+        # layer left in train mode would update its running statistics in this forward.
+        self.frozen_parts.keep_eval(self)
         x = (images - self.mean) / self.std
         if self.cfg.input_adapter == "repeat3":
             x = x.expand(-1, 3, -1, -1)

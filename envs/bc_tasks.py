@@ -1,15 +1,17 @@
 """The tasks `train_bc.py` trains on, looked up by full name.
 
-A task is data plus an evaluation runner for one environment. Each task module provides
-`make_data(...)` and `make_evaluator(...)` (see the protocol in train_bc.py); this table
-only names them, so that importing it loads neither robosuite nor a dataset.
+A task is data plus an evaluation runner for one environment: `data` names the function
+that makes the data and `evaluator` the one that makes the evaluation runner, each as a
+"module:function" string (e.g. "envs.lift.dataset:make_data"). This table only names
+them, so that importing it loads neither robosuite nor a dataset.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,18 +19,34 @@ class BCTask:
     """One entry of the task table."""
 
     name: str
-    module: str
-    """Module that provides make_data and make_evaluator."""
+    data: str
+    """The "module:function" making the data: f(dataset, agent_cfg, *, device, seed, cache_dir,
+    **options), e.g. envs/lift/dataset.py's make_data."""
+    evaluator: str
+    """The "module:function" making the evaluation runner: f(spec, *, device, seed, num_workers,
+    video_dir, **options), e.g. envs/lift/evaluation.py's make_evaluator."""
     default_agent: str
     """Agent used when --agent is not given."""
     defaults: dict = field(default_factory=dict)
     """Training defaults (offline_steps, batch_size, ...) that suit this task."""
     options: dict = field(default_factory=dict)
-    """Task-specific keyword arguments passed to make_data / make_evaluator."""
+    """Task-specific keyword arguments passed to the data and evaluator functions."""
 
-    def load(self) -> ModuleType:
-        """Import the task's module."""
-        return importlib.import_module(self.module)
+    def load_data(self) -> Callable[..., Any]:
+        """Import the function that makes the task's data."""
+        return _load(self.data)
+
+    def load_evaluator(self) -> Callable[..., Any]:
+        """Import the function that makes the task's evaluation runner."""
+        return _load(self.evaluator)
+
+
+def _load(target: str) -> Callable[..., Any]:
+    """The function a "module:function" string names."""
+    module, sep, name = target.partition(":")
+    if not (module and sep and name):
+        raise ValueError(f"expected 'module:function', got {target!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 BC_TASKS: dict[str, BCTask] = {}
@@ -49,7 +67,7 @@ def get_bc_task(name: str) -> BCTask:
         known = ", ".join(sorted(BC_TASKS))
         raise ValueError(f"unknown env_name {name!r}; known: {known}") from None
 
-# ---- Darkroom: Algorithm Distillation of learning histories (envs/darkroom_task.py)
+# ---- Darkroom: Algorithm Distillation of learning histories (envs/darkroom/)
 # Paper optimiser settings: batch 128 (Adam 3e-4 with cosine decay lives in the agent config).
 # eval_episodes counts in-context episodes per held-out task: AD keeps improving to ~80.
 _DARKROOM_DEFAULTS = {
@@ -59,16 +77,18 @@ _DARKROOM_DEFAULTS = {
     "eval_episodes": 100,
     "save_interval": 5_000,
 }
-register_bc_task(BCTask("darkroom", "envs.darkroom_task", "ad", dict(_DARKROOM_DEFAULTS),
-                        {"env": "darkroom"}))
-register_bc_task(BCTask("darkroom-hard", "envs.darkroom_task", "ad", dict(_DARKROOM_DEFAULTS),
-                        {"env": "darkroom-hard"}))
-register_bc_task(BCTask("dark-key-to-door", "envs.darkroom_task", "ad",
+_DARKROOM_DATA = "envs.darkroom.dataset:make_data"
+_DARKROOM_EVALUATOR = "envs.darkroom.evaluation:make_evaluator"
+register_bc_task(BCTask("darkroom", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
+                        dict(_DARKROOM_DEFAULTS), {"env": "darkroom"}))
+register_bc_task(BCTask("darkroom-hard", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
+                        dict(_DARKROOM_DEFAULTS), {"env": "darkroom-hard"}))
+register_bc_task(BCTask("dark-key-to-door", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                         {**_DARKROOM_DEFAULTS, "eval_episodes": 60}, {"env": "dark-key-to-door"}))
 
-# ---- Lift: flow-matching BC on robomimic camera demos (envs/lift_task.py)
+# ---- Lift: flow-matching BC on robomimic camera demos (envs/lift/)
 # Horizons are robomimic's (ph 400, mh 500). lift-ph/mh-image need --dataset: the real
-# files cannot be downloaded here (envs.lift_demos render makes their image version).
+# files cannot be downloaded here (envs.lift.demos render makes their image version).
 _LIFT_DEFAULTS = {
     "offline_steps": 20_000,
     "batch_size": 256,
@@ -77,10 +97,13 @@ _LIFT_DEFAULTS = {
     "eval_workers": 2,
     "save_interval": 5_000,
 }
-register_bc_task(BCTask("lift-scripted-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
+_LIFT_DATA = "envs.lift.dataset:make_data"
+_LIFT_EVALUATOR = "envs.lift.evaluation:make_evaluator"
+register_bc_task(BCTask("lift-scripted-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
+                        dict(_LIFT_DEFAULTS),
                         {"variant": "scripted", "num_demos": 100, "operators": 3,
                          "horizon": 400}))
-register_bc_task(BCTask("lift-ph-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
-                        {"variant": "ph", "horizon": 400}))
-register_bc_task(BCTask("lift-mh-image", "envs.lift_task", "fbc", dict(_LIFT_DEFAULTS),
-                        {"variant": "mh", "horizon": 500}))
+register_bc_task(BCTask("lift-ph-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
+                        dict(_LIFT_DEFAULTS), {"variant": "ph", "horizon": 400}))
+register_bc_task(BCTask("lift-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
+                        dict(_LIFT_DEFAULTS), {"variant": "mh", "horizon": 500}))

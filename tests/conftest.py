@@ -38,7 +38,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def histories(tmp_path_factory) -> Path:
     """A small Dark Room learning-history file: 12 training goals x 2 learners x 12 episodes."""
-    from envs.darkroom_histories import HistoriesConfig, generate_histories, save_histories
+    from envs.darkroom.histories import HistoriesConfig, generate_histories, save_histories
 
     cfg = HistoriesConfig(histories_per_task=2, max_tasks=12, episodes=12, progress=False)
     path = tmp_path_factory.mktemp("hist") / "darkroom.npz"

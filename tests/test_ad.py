@@ -18,8 +18,9 @@ from agents.compressed_ad import (
     CompressedADPretrainConfig,
 )
 from envs.darkroom import DARKROOM, NUM_ACTIONS, DarkroomBatch, oracle_action, task_split
-from envs.darkroom_histories import HistoriesConfig, generate_histories, save_histories
-from envs.darkroom_task import make_data, make_evaluator
+from envs.darkroom.dataset import make_data
+from envs.darkroom.evaluation import make_evaluator
+from envs.darkroom.histories import HistoriesConfig, generate_histories, save_histories
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.diagnostics import frozen_tensors_that_moved
 
@@ -104,7 +105,7 @@ def test_ad_is_causal_and_learns_the_window_loss(histories):
 
 
 def test_data_windows_are_episode_aligned_slices_of_the_histories(histories):
-    from envs.darkroom_histories import load_histories
+    from envs.darkroom.histories import load_histories
 
     hist = load_histories(histories)
     data = data_for(CompressedADConfig(context_episodes=1, compressed_episodes=2), histories)
@@ -306,7 +307,7 @@ def test_train_bc_command_line(histories, tmp_path):
 
 
 def test_default_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch):
-    import envs.darkroom_histories as dh
+    import envs.darkroom.histories as dh
 
     tiny = HistoriesConfig(histories_per_task=1, max_tasks=4, episodes=6, progress=False)
     monkeypatch.setitem(dh.DEFAULT_CONFIGS, "darkroom", tiny)

@@ -22,7 +22,7 @@ import train_bc
 from agents.ad import ADAgent
 from agents.fbc import FBCAgent
 from envs import bc_tasks
-from envs.darkroom_histories import HistoriesConfig, generate_histories, save_histories
+from envs.darkroom.histories import HistoriesConfig, generate_histories, save_histories
 from tests.test_lift_data import write_synthetic
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import run_main
@@ -77,7 +77,8 @@ def _drop_checkpoints(tmp_path):
 def tiny_lift_task():
     """The real Lift task module at 32x32 images (the registered tasks use 84x84)."""
     task = bc_tasks.BCTask(
-        "lift-tiny", "envs.lift_task", "fbc", {}, {"variant": "scripted", "image_size": IMAGE}
+        "lift-tiny", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator", "fbc",
+        {}, {"variant": "scripted", "image_size": IMAGE}
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(bc_tasks.BC_TASKS, "lift-tiny", task)
@@ -194,12 +195,12 @@ def test_resume_is_exact(kind, lift_file, histories, tmp_path):
 
 
 def test_eval_episodes_zero_builds_no_evaluator(lift_file, tmp_path, monkeypatch):
-    import envs.lift_task
+    import envs.lift.evaluation
 
     def refuse(*args, **kwargs):
         raise AssertionError("an evaluator was built with --eval_episodes=0")
 
-    monkeypatch.setattr(envs.lift_task, "make_evaluator", refuse)
+    monkeypatch.setattr(envs.lift.evaluation, "make_evaluator", refuse)
     out = tmp_path / "run"
     assert train(*fbc_args(lift_file, FBC_FROZEN, "--offline_steps=1", f"--output_dir={out}")) == {}
     assert json.loads((out / "final_metrics.json").read_text()) == {}
@@ -476,7 +477,7 @@ BAD_LIFT_FILES = {
     "truncated": "is not an HDF5 file (Unable to synchronously open file (truncated file",
     "damaged_chunk": "is damaged: reading it failed (",
     "missing_obs_key": "obs has no 'robot0_eye_in_hand_image'; make an image file with `python "
-    "-m envs.lift_demos render",
+    "-m envs.lift.demos render",
     "one_channel_images": "obs/agentview_image is uint8 32x32x1, expected uint8 32x32x3",
     "image_size": "obs/agentview_image is uint8 40x40x3, expected uint8 32x32x3",
     "action_dim": "data/demo_0/actions are 6-dim but its env (Lift, Panda, OSC_POSE controller) "
@@ -608,7 +609,7 @@ def test_bad_histories_files_are_one_line_and_touch_nothing(
         truncated: "is not a .npz (zip) file",
         damaged: "is not a readable .npz file (",
         wrong_keys: "is not a Dark Room histories file: missing actions, rewards, tasks",
-        tmp_path / "missing.npz": "does not exist; make one with python -m envs.darkroom_histories",
+        tmp_path / "missing.npz": "does not exist; make one with python -m envs.darkroom.histories",
     }
     before = snapshot(ad_run)
     for path, text in expected.items():
@@ -621,7 +622,7 @@ def test_bad_histories_files_are_one_line_and_touch_nothing(
             f"--output_dir={ad_run}",
             "--resume=True",
         )
-        assert text in message and "python -m envs.darkroom_histories" in message, message
+        assert text in message and "python -m envs.darkroom.histories" in message, message
     assert snapshot(ad_run) == before
 
 

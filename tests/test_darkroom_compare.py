@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from envs import darkroom_compare
+from envs.darkroom import compare as darkroom_compare
 
 
 def write_eval(run, index, curve):

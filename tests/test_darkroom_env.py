@@ -25,7 +25,7 @@ from envs.darkroom import (
     random_returns,
     task_split,
 )
-from envs.darkroom_histories import (
+from envs.darkroom.histories import (
     HistoriesConfig,
     QLearningConfig,
     generate_histories,

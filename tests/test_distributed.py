@@ -64,7 +64,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(histories, t
                     (r for r in rows["two"] if "train/loss" in r), strict=True):
         assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4)
     # The per-rank RNG states travel in the checkpoint, for an exact resume per rank.
-    assert len(two["extra"]["rank_rng"]) == 2
+    assert len(two["extra"]["ranks"]) == 2
 
 
 def test_two_processes_resume(histories, tmp_path):

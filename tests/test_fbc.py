@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.fbc import CachedFeatureData, FBCAgent, FBCConfig, crop_images
-from envs.lift_task import make_data
+from envs.lift.dataset import make_data
 from tests.test_lift_data import write_synthetic
 
 CPU = torch.device("cpu")
@@ -226,7 +226,8 @@ def test_cache_is_off_when_it_would_be_wrong(tmp_path):
 
 def test_default_config_and_option_names():
     cfg = FBCConfig()
-    assert cfg.pretrained_encoder and cfg.weights == "auto"
+    assert cfg.pretrained_encoder is None and cfg.weights == "auto"  # pretrained by default
+    assert cfg.encoder_config.freeze_mode == "all" and cfg.uses_feature_cache
     assert cfg.chunk_length == 16 and cfg.flow_steps == 10 and cfg.lr == 1e-4
     assert cfg.hidden_dim == 512 and cfg.num_layers == 4 and cfg.emb_dim == 256
     assert {"freeze_encoder", "rgb_model_name", "random_crop", "ema"} <= {

@@ -20,9 +20,9 @@ from agents.compressed_ad import CompressedADPretrainAgent, CompressedADPretrain
 from agents.fbc import FBCAgent
 from agents.hybrid_actor_critic import HybridActorCritic, HybridActorCriticConfig
 from encoders import EncoderConfig
-from envs.darkroom_task import make_data as make_darkroom_data
+from envs.darkroom.dataset import make_data as make_darkroom_data
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore
-from envs.lift_task import make_data as make_lift_data
+from envs.lift.dataset import make_data as make_lift_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
 from training.guards import NonFiniteGuard

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from envs.lift import LOWDIM_KEYS, default_env_args
-from envs.lift_demos import RobomimicWriter
-from envs.lift_task import IMAGE_KEYS, make_data
+from envs.lift.dataset import IMAGE_KEYS, make_data
+from envs.lift.demos import RobomimicWriter
+from envs.lift.env import LOWDIM_KEYS, default_env_args
 
 CPU = torch.device("cpu")
 
@@ -148,7 +148,7 @@ def test_missing_obs_key_names_the_key_and_the_render_command(tmp_path):
         make_data(
             str(path), SimpleNamespace(chunk_length=4), device=CPU, seed=0, cache_dir=tmp_path
         )
-    assert "envs.lift_demos render" in str(err.value) and "\n" not in str(err.value)
+    assert "envs.lift.demos render" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_wrong_image_size_is_named(tmp_path):
@@ -184,4 +184,4 @@ def test_real_variants_need_dataset_and_say_where_to_get_it(tmp_path, variant):
     message = str(err.value)
     assert "\n" not in message
     assert f"lift/{variant}" in message and "robomimic" in message
-    assert "python -m envs.lift_demos render" in message
+    assert "python -m envs.lift.demos render" in message

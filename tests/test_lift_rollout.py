@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_scripted_controller_lifts_the_cube():
     from envs.lift import LiftEnv, default_env_args
-    from envs.lift_demos import ScriptedLiftPolicy, make_operators, run_demo
+    from envs.lift.demos import ScriptedLiftPolicy, make_operators, run_demo
 
     env = LiftEnv(default_env_args(cameras=()), use_images=False)
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def test_scripted_controller_lifts_the_cube():
 
 
 def test_render_adds_images_from_states(tmp_path):
-    from envs.lift_demos import generate, render
+    from envs.lift.demos import generate, render
 
     low = tmp_path / "low.hdf5"
     generate(low, num_demos=1, seed=3, cameras=(), progress=False)
@@ -61,14 +61,15 @@ def test_generate_train_and_roll_out(tmp_path):
     import train_bc
     from agents.fbc import FBCAgent, FBCConfig
     from envs.bc_tasks import BC_TASKS, BCTask, register_bc_task
-    from envs.lift_demos import generate
+    from envs.lift.demos import generate
 
     agents.AGENTS.setdefault("fbc", (FBCConfig, FBCAgent))
     if "lift-test-short" not in BC_TASKS:  # a short horizon keeps the rollout bounded
         register_bc_task(
             BCTask(
                 "lift-test-short",
-                "envs.lift_task",
+                "envs.lift.dataset:make_data",
+                "envs.lift.evaluation:make_evaluator",
                 "fbc",
                 {},
                 {"variant": "scripted", "horizon": 40},

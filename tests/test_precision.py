@@ -5,7 +5,7 @@ import torch
 import train_bc
 import train_ppo
 from agents.fbc import FBCAgent
-from envs.lift_task import make_data
+from envs.lift.dataset import make_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
 from training.distributed import LossForward

@@ -12,6 +12,7 @@ import train_bc
 from envs import bc_tasks
 from tests.toy_bc import ToyAgent, ToyConfig
 from training.checkpoint import load_checkpoint
+from training.ranges import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,8 @@ def toy_registered(monkeypatch):
     monkeypatch.setitem(
         bc_tasks.BC_TASKS,
         "toy-task",
-        bc_tasks.BCTask("toy-task", "tests.toy_bc", "toy", defaults={"batch_size": 16}),
+        bc_tasks.BCTask("toy-task", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator", "toy",
+                        defaults={"batch_size": 16}),
     )
 
 
@@ -143,7 +145,8 @@ import sys, agents, train_bc
 from envs import bc_tasks
 from tests.toy_bc import ToyAgent, ToyConfig
 agents.AGENTS["toy"] = (ToyConfig, ToyAgent)
-bc_tasks.BC_TASKS["toy-task"] = bc_tasks.BCTask("toy-task", "tests.toy_bc", "toy")
+bc_tasks.BC_TASKS["toy-task"] = bc_tasks.BCTask(
+    "toy-task", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator", "toy")
 sys.argv = ["train_bc.py", "--env_name=toy-task", "--device=cpu", "--wandb.mode=disabled",
             "--log_interval=1", "--eval_interval=0", "--batch_size=8", *sys.argv[1:]]
 train_bc.main()
@@ -180,7 +183,7 @@ def test_signal_writes_final_checkpoint_and_exits_cleanly(tmp_path, sig):
     "flag", ["--batch_size=0", "--eval_episodes=-1", "--log_interval=0", "--offline_steps=-5"]
 )
 def test_impossible_counts_are_one_line_errors(tmp_path, flag):
-    with pytest.raises(ValueError, match=f"^{flag} must be at least [01]$"):
+    with pytest.raises(ConfigError, match=f"^{flag} is out of range; allowed: >= [01]$"):
         run(tmp_path, flag, "--output_dir", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -193,7 +196,7 @@ def test_resume_after_a_crash_sets_aside_the_steps_it_recomputes(tmp_path):
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "train/lo')  # a line cut short by the crash
     run(tmp_path, "--offline_steps=10", f"--output_dir={out}", "--save_interval=5",
-        "--resume=True")
+        "--agent.nan_at_update=8", "--resume=True")  # same run: the toy counts anew, no NaN
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "train/loss" in r]
     assert steps == list(range(1, 11))  # each step once

@@ -8,6 +8,8 @@ docstrings. Flag conversion is off, so booleans are written the way users type t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,15 +27,46 @@ def parse_config(
     default: T | None = None,
 ) -> T:
     """Parse `args` (default: sys.argv[1:]) into `config_class`."""
+    from training.ranges import ConfigError
+
     kwargs = {} if default is None else {"default": default}
-    return tyro.cli(
-        config_class,
-        args=args,
-        description=description,
-        use_underscores=True,
-        config=(tyro.conf.FlagConversionOff,),
-        **kwargs,
-    )
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(
+                config_class,
+                args=args,
+                description=description,
+                use_underscores=True,
+                config=(tyro.conf.FlagConversionOff,),
+                **kwargs,
+            )
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # --help
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise ConfigError(one_line(captured.getvalue())) from None
+
+
+def one_line(tyro_message: str) -> str:
+    """tyro's framed error box as one line: its first paragraph, help pointers left out."""
+    # Box-drawing characters (U+2500-U+257F) frame it on a terminal, dashes elsewhere.
+    frame = {chr(c) for c in range(0x2500, 0x2580)} | {"|"}
+    rows = []  # (text, is_rule)
+    for raw in tyro_message.splitlines():
+        text = "".join(ch for ch in raw if ch not in frame).strip()
+        rule = set(text) <= {"-"} and raw.count("-") + raw.count("\u2500") >= 3
+        if text or rule:
+            rows.append((text, rule))
+    rows = rows[1:]  # the title ("Value error", "Invalid choice", ...)
+    if rows and rows[0][1]:
+        rows = rows[1:]
+    kept = []
+    for text, rule in rows:
+        if rule or text.startswith(("For full helptext", "Argument helptext")):
+            break
+        kept.append(text)
+    return f"{' '.join(kept) or tyro_message.strip()} (see --help)"
 
 
 def pop_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
@@ -58,6 +91,18 @@ def pop_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
+def rename_flags(args: list[str], renamed: dict[str, str]) -> list[str]:
+    """Earlier spellings of flags, rewritten to today's with a one-line note."""
+    out = []
+    for arg in args:
+        flag, sep, value = arg.partition("=")
+        if flag in renamed:
+            print(f"note: {flag} is now spelled {renamed[flag]}", file=sys.stderr)
+            arg = renamed[flag] + sep + value
+        out.append(arg)
+    return out
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run an entry point; a user error ends it with one line and exit status 2.
 
@@ -65,6 +110,10 @@ def run_main(main: Callable[[], object]) -> None:
     """
     from encoders import ImageNetWeightsUnavailable
     from training.guards import NonFiniteGradient
+    from training.logger import WandbUnavailable
+    from training.ranges import ConfigError
+    from training.run import EvaluationFailed
+    from training.run_dir import RunDirError
 
     user_errors = (
         ValueError,
@@ -72,6 +121,10 @@ def run_main(main: Callable[[], object]) -> None:
         FileExistsError,
         ImageNetWeightsUnavailable,
         NonFiniteGradient,
+        ConfigError,
+        RunDirError,
+        EvaluationFailed,
+        WandbUnavailable,
     )
     try:
         main()

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from encoders.freezing import HasFrozenState
+
 
 def grad_norms(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """L2 norm of the gradients of each named group, and of all of them (after backward).
@@ -37,12 +39,15 @@ def tensor_grad_norms(group: dict) -> torch.Tensor:
 
 
 def frozen_parameter_names(model: nn.Module) -> list[str]:
-    """State-dict names of frozen tensors: frozen parameters and pinned BN statistics."""
-    names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    """State-dict names of frozen tensors, in state-dict order: every parameter without
+    gradient, and what each `HasFrozenState` module inside says is frozen (the buffers of
+    its frozen parts, e.g. BatchNorm running statistics, included)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     for module_name, module in model.named_modules():
-        if getattr(module, "pinned_eval", False):
-            names.extend(f"{module_name}.{b}" for b, _ in module.named_buffers(recurse=False))
-    return names
+        if isinstance(module, HasFrozenState):
+            prefix = f"{module_name}." if module_name else ""
+            frozen.update(prefix + name for name in module.frozen_state_names())
+    return [name for name in model.state_dict(keep_vars=True) if name in frozen]
 
 
 def frozen_tensors_that_moved(

@@ -34,6 +34,12 @@ class WandbConfig:
     """wandb entity (team or user); None = your default."""
     group: str | None = None
     """wandb group, e.g. to gather seeds of one configuration."""
+    init_timeout: float = 60.0
+    """Seconds to wait for an online start before falling back to offline (mode auto)."""
+
+
+class WandbUnavailable(Exception):
+    """--wandb.mode=online was asked for and wandb could not start (one line)."""
 
 
 def wandb_api_key_configured() -> bool:
@@ -113,7 +119,12 @@ class RunLogger:
         self.run_name = run_name or self.output_dir.name
         self.console_every = max(1, console_every)
         self._calls = 0
-        (self.output_dir / "config.json").write_text(json.dumps(self.config, indent=2))
+        config_file = self.output_dir / "config.json"
+        if resume_step is not None and config_file.is_file():
+            # A resumed run is the same run: its record keeps the settings it began with.
+            self.config = json.loads(config_file.read_text())
+        else:
+            config_file.write_text(json.dumps(self.config, indent=2))
         # Append: a resumed run continues the same file.
         if resume_step is not None:
             rewound = rewind_metrics(self.output_dir / "metrics.jsonl", resume_step)
@@ -134,6 +145,7 @@ class RunLogger:
         id_file = self.output_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
+        asked = cfg.mode
         try:
             return wandb.init(
                 project=cfg.project,
@@ -145,19 +157,31 @@ class RunLogger:
                 config=self.config,
                 dir=str(self.output_dir),
                 mode=self.wandb_mode,
-                settings=wandb.Settings(init_timeout=60, console="off"),
+                settings=wandb.Settings(init_timeout=cfg.init_timeout, console="off"),
             )
-        except Exception as err:  # a key but no network: keep training, log offline
-            tqdm.write(f"wandb {self.wandb_mode} init failed ({err}); logging offline instead")
+        except Exception as err:  # a key but no network (or a refused key)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            if asked == "online":
+                raise WandbUnavailable(
+                    f"--wandb.mode=online: wandb could not start ({reason}); check the network "
+                    f"and key, or use --wandb.mode=auto (falls back to offline) or offline"
+                ) from None
+            tqdm.write(f"warning: wandb {self.wandb_mode} start failed ({reason}); logging "
+                       f"offline instead (upload later with `wandb sync {self.output_dir}/wandb`)")
+            # The failed online run still holds its id in wandb's service: start afresh.
+            wandb.teardown()
             self.wandb_mode = "offline"
             return wandb.init(
                 project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
                 name=self.run_name,
                 id=run_id,
                 resume="allow",
                 config=self.config,
                 dir=str(self.output_dir),
                 mode="offline",
+                settings=wandb.Settings(console="off"),
             )
 
     def add_config(self, values: dict[str, Any]) -> None:
@@ -169,19 +193,25 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.config.update(values, allow_val_change=True)
 
-    def log(self, metrics: dict[str, float | torch.Tensor], step: int) -> None:
-        """Log one flat dict of metrics (floats or 0-d tensors) at `step`."""
+    def log(
+        self, metrics: dict[str, float | torch.Tensor], step: int, console: bool = True
+    ) -> dict[str, float]:
+        """Log one flat dict of metrics (floats or 0-d tensors) at `step`; returns the floats.
+
+        `console=False` keeps it off the console (the file and wandb still get it).
+        """
         if not self.active:
-            return
+            return {}
         clean = as_floats(metrics)
         record = {"step": int(step), "time": round(time.time() - self._start, 3), **clean}
         self._jsonl.write(json.dumps(record) + "\n")
         if self._wandb is not None:
             self._wandb.log(clean, step=int(step))
         self._calls += 1
-        if self._calls % self.console_every == 0:
+        if console and self._calls % self.console_every == 0:
             shown = " | ".join(f"{k} {v:.4g}" for k, v in clean.items())
             tqdm.write(f"[{step}] {shown}")
+        return clean
 
     def log_video(self, key: str, path: str | Path, step: int) -> None:
         """Upload a GIF/MP4 to wandb (the file stays in the run directory)."""

@@ -7,7 +7,7 @@ The checkpoint records which tensors were frozen. With `--source imagenet` (or a
 torchvision state-dict file) each frozen tensor of a ResNet body is compared with the
 source body's tensor of the same name (use `--prefix` to pick one body when the model has
 several); with another of our checkpoints, name for name.
-Exit status 1 when any moved.
+Exit status 1 when any moved, or when there was nothing to check.
 """
 
 from __future__ import annotations
@@ -50,16 +50,41 @@ def _as_body_names(state: dict, frozen: list[str], body_state: dict) -> dict[str
     return mapped
 
 
+class NothingChecked(Exception):
+    """No frozen tensor was compared; the message says why (exit status 1, not a pass)."""
+
+
 def verify(
     checkpoint: str, source: str, arch: str = "resnet18", prefix: str = ""
 ) -> tuple[list[str], int]:
-    """(names of frozen tensors that differ from the source, how many were checked)."""
+    """(names of frozen tensors that differ from the source, how many were checked).
+
+    Raises NothingChecked when there was nothing to compare, since "all 0 tensors are
+    bit-identical" would pass a check that did not happen.
+    """
     ckpt = load_checkpoint(checkpoint)
     state = ckpt["model"]
-    frozen = [n for n in ckpt.get("frozen", []) if n.startswith(prefix)]
+    recorded = list(ckpt.get("frozen", []))
+    if not recorded:
+        raise NothingChecked(
+            f"{checkpoint} has no frozen tensors (a run with nothing frozen, e.g. "
+            f"freeze_mode=none): nothing to verify"
+        )
+    frozen = [n for n in recorded if n.startswith(prefix)]
+    if not frozen:
+        roots = sorted({n.split(".")[0] + "." for n in recorded})
+        raise NothingChecked(
+            f"no frozen tensors of {checkpoint} start with --prefix {prefix!r}; its frozen "
+            f"tensors start with {', '.join(roots)}"
+        )
     src, is_body = _source_state(source, arch)
     if is_body:
         frozen = [n for n in frozen if "backbone." in n and not n.endswith("num_batches_tracked")]
+        if not frozen:
+            raise NothingChecked(
+                f"none of the frozen tensors of {checkpoint} under {prefix!r} belong to a ResNet "
+                f"body (backbone.), which --source {source} is; compare with a checkpoint instead"
+            )
         src = _as_body_names(state, frozen, src)
     return frozen_tensors_that_moved(state, src, frozen), len(frozen)
 
@@ -77,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         "--prefix", default="", help="check only tensors under this prefix (e.g. actor.encoder.)"
     )
     args = parser.parse_args(argv)
-    moved, checked = verify(args.checkpoint, args.source, args.arch, args.prefix)
+    try:
+        moved, checked = verify(args.checkpoint, args.source, args.arch, args.prefix)
+    except NothingChecked as err:
+        print(f"nothing verified: {err}")
+        return 1
     if moved:
         print(f"{len(moved)} of {checked} frozen tensors moved, e.g.: " + ", ".join(moved[:5]))
         return 1

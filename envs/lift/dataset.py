@@ -1,28 +1,23 @@
-"""The Lift tasks of train_bc.py: robomimic image demos and robosuite rollouts.
+"""The data of train_bc.py's Lift tasks: robomimic image demos as action-chunk batches.
 
 Data goes through robomimic's own `SequenceDataset` (sequence indexing, end-of-demo
 padding of the action chunk by repetition, train/valid filter keys) and its `ObsUtils`
 observation processing, so real robomimic lift ph/mh image files load unchanged. The
 frames are read once into tensors on the device (images stay uint8) and each batch is
-processed there: `sample` costs a gather, not a Python loop over items.
-
-Evaluation runs real rollouts in robosuite, built from the dataset's `env_args`, in
-`num_workers` worker processes that step their episodes in parallel while the policy
-acts on all of them in one batch; one episode is rendered to an mp4.
+processed there: `sample` costs a gather, not a Python loop over items. The rollout
+evaluation of these tasks is in envs/lift/evaluation.py.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from envs.lift import CAMERAS, HORIZON_PH, IMAGE_SIZE, LOWDIM_KEYS
+from envs.lift.env import CAMERAS, HORIZON_PH, IMAGE_SIZE, LOWDIM_KEYS
 
 IMAGE_KEYS = tuple(f"{cam}_image" for cam in CAMERAS)
 # Action size of a one-arm robosuite robot per controller, gripper included (robomimic's
@@ -53,7 +48,7 @@ def _robomimic_url(variant: str) -> str:
 
 def _render_hint(path: str) -> str:
     return (
-        f"make an image file with `python -m envs.lift_demos render --input {path} "
+        f"make an image file with `python -m envs.lift.demos render --input {path} "
         f"--output IMAGE.hdf5`"
     )
 
@@ -104,7 +99,7 @@ def check_dataset(
                     raise ValueError(
                         f"dataset {path}: data/{demo}/obs/{key} is {obs[key].dtype} "
                         f"{'x'.join(map(str, shape))}, expected uint8 {image_size}x{image_size}x3 "
-                        f"(re-render with `python -m envs.lift_demos render --image_size "
+                        f"(re-render with `python -m envs.lift.demos render --image_size "
                         f"{image_size}`)"
                     )
         return env_args
@@ -246,7 +241,7 @@ class LiftData:
 
 def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: int) -> Path:
     """The generated default file, made on first use (with a progress bar)."""
-    from envs.lift_demos import generate
+    from envs.lift.demos import generate
 
     path = cache_dir / f"lift_scripted_image_n{num_demos}_op{operators}_s{data_seed}.hdf5"
     if not path.exists():
@@ -316,247 +311,3 @@ def make_data(
         raise ValueError(
             f"dataset {path} is damaged: reading it failed ({reason}); make or copy it again"
         ) from None
-
-
-# ---- evaluation
-
-
-class EpisodeRunner:
-    """One robosuite env stepping whole action chunks; used in workers and in-process."""
-
-    def __init__(self, env_args: dict, horizon: int, video_size: int = 256) -> None:
-        from envs.lift import LiftEnv
-
-        self.env = LiftEnv(env_args)
-        self.horizon = horizon
-        self.video_size = video_size
-        self.record = False
-        self.frames: list[np.ndarray] = []
-
-    def reset(self, seed: int, record: bool) -> dict[str, np.ndarray]:
-        """Start an episode from the seed's initial state."""
-        self.length, self.success, self.record = 0, False, record
-        obs = self.env.reset(seed=seed)
-        self.frames = [self.env.render_frame(size=self.video_size)] if record else []
-        return obs
-
-    def step(self, actions: np.ndarray) -> tuple[dict, bool, dict]:
-        """Execute a chunk open-loop until success or the horizon; (obs, done, info)."""
-        obs = None
-        for action in actions:
-            obs, _, success, _ = self.env.step(action)
-            self.length += 1
-            if self.record:
-                self.frames.append(self.env.render_frame(size=self.video_size))
-            if success or self.length >= self.horizon:
-                self.success = success
-                break
-        done = self.success or self.length >= self.horizon
-        info = {"success": self.success, "length": self.length}
-        if done and self.record:
-            info["frames"] = self.frames
-            self.frames = []
-        return obs, done, info
-
-    def close(self) -> None:
-        """Release the env."""
-        self.env.close()
-
-
-def _worker(conn, env_args: dict, horizon: int) -> None:
-    """Worker process loop: ("reset", seed, record) | ("step", actions) | ("close",)."""
-    import torch as _torch
-
-    _torch.set_num_threads(1)
-    runner = EpisodeRunner(env_args, horizon)
-    try:
-        while True:
-            msg = conn.recv()
-            if msg[0] == "reset":
-                conn.send(runner.reset(msg[1], msg[2]))
-            elif msg[0] == "step":
-                conn.send(runner.step(msg[1]))
-            else:
-                break
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        runner.close()
-        conn.close()
-
-
-class _LocalRunner:
-    """The in-process stand-in for a worker's pipe (num_workers=0)."""
-
-    def __init__(self, env_args: dict, horizon: int) -> None:
-        self.runner = EpisodeRunner(env_args, horizon)
-        self.reply = None
-
-    def send(self, msg: tuple) -> None:
-        if msg[0] == "reset":
-            self.reply = self.runner.reset(msg[1], msg[2])
-        elif msg[0] == "step":
-            self.reply = self.runner.step(msg[1])
-        else:
-            self.runner.close()
-
-    def recv(self):
-        return self.reply
-
-
-class LiftEvaluator:
-    """Success rate and episode length of a policy over seeded rollouts."""
-
-    def __init__(
-        self,
-        spec: dict,
-        *,
-        device: torch.device,
-        seed: int,
-        num_workers: int,
-        video_dir: Path | None,
-        horizon: int | None = None,
-    ) -> None:
-        self.device = device
-        self.seed = seed
-        self.image_keys = tuple(spec["image_keys"])
-        self.lowdim_keys = tuple(spec["lowdim_keys"])
-        self.horizon = int(horizon or spec["horizon"])
-        self.video_dir = Path(video_dir) if video_dir is not None else None
-        env_args = json.loads(json.dumps(spec["env_args"]))
-        kwargs = env_args["env_kwargs"]
-        size = spec["image_shape"][-1]
-        # Rollout cameras are the data's, whatever the file's env_args said.
-        kwargs.update(
-            camera_names=[k[: -len("_image")] for k in self.image_keys],
-            camera_heights=size,
-            camera_widths=size,
-        )
-        self.env_args = env_args
-        self.num_workers = num_workers
-        self.conns: list = []
-        self.procs: list = []
-        self.runs = 0
-
-    def _start(self) -> None:
-        if self.conns:
-            return
-        if self.num_workers <= 0:
-            self.conns = [_LocalRunner(self.env_args, self.horizon)]
-            return
-        from envs.lift import select_gl_backend
-
-        select_gl_backend()  # decided once here; workers inherit MUJOCO_GL
-        ctx = mp.get_context("spawn")  # no GL or torch thread state inherited by fork
-        for _ in range(self.num_workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, self.env_args, self.horizon), daemon=True
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def _obs_batch(self, obs_list: list[dict]) -> dict[str, torch.Tensor]:
-        keys = (*self.image_keys, *self.lowdim_keys)
-        raw = {
-            k: torch.from_numpy(np.stack([o[k] for o in obs_list])).to(self.device) for k in keys
-        }
-        raw = {k: v if k in self.image_keys else v.float() for k, v in raw.items()}
-        return process_obs(raw, keys)
-
-    def run(self, agent, num_episodes: int) -> dict:
-        """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots."""
-        self._start()
-        t0 = time.perf_counter()
-        # Evaluation seeds are disjoint from anything the data generator uses.
-        seeds = [1_000_003 * (self.seed + 1) + i for i in range(num_episodes)]
-        record_first = self.video_dir is not None
-        pending = list(range(num_episodes))
-        active: dict[int, tuple[int, dict]] = {}  # worker -> (episode, obs)
-        successes, lengths = np.zeros(num_episodes), np.zeros(num_episodes)
-        video = None
-        for w, conn in enumerate(self.conns):
-            if pending:
-                ep = pending.pop(0)
-                conn.send(("reset", seeds[ep], record_first and ep == 0))
-                active[w] = (ep, None)
-        for w in list(active):
-            active[w] = (active[w][0], self.conns[w].recv())
-        steps = 0
-        while active:
-            workers = sorted(active)
-            obs = self._obs_batch([active[w][1] for w in workers])
-            actions = agent.act(obs).detach().to("cpu", torch.float64).numpy()
-            for i, w in enumerate(workers):
-                self.conns[w].send(("step", actions[i]))
-            for w in workers:
-                next_obs, done, info = self.conns[w].recv()
-                ep = active[w][0]
-                if not done:
-                    active[w] = (ep, next_obs)
-                    continue
-                successes[ep], lengths[ep] = info["success"], info["length"]
-                steps += info["length"]
-                if "frames" in info:
-                    video = self._write_video(info["frames"])
-                del active[w]
-                if pending:
-                    ep = pending.pop(0)
-                    self.conns[w].send(("reset", seeds[ep], False))
-                    active[w] = (ep, self.conns[w].recv())
-        seconds = time.perf_counter() - t0
-        self.runs += 1
-        metrics = {
-            "eval/success_rate": float(successes.mean()),
-            "eval/episode_length": float(lengths.mean()),
-            "eval/num_episodes": float(num_episodes),
-            "perf/eval_seconds": seconds,
-            "perf/eval_env_steps_per_sec": steps / max(seconds, 1e-9),
-        }
-        if successes.any():
-            metrics["eval/episode_length_success"] = float(lengths[successes > 0].mean())
-        return {"metrics": metrics, "video": video, "plots": []}
-
-    def _write_video(self, frames: list[np.ndarray]) -> Path:
-        import imageio
-
-        self.video_dir.mkdir(parents=True, exist_ok=True)
-        path = self.video_dir / f"rollout_{self.runs:04d}.mp4"
-        imageio.mimsave(path, frames, fps=20, macro_block_size=1)
-        return path
-
-    def close(self) -> None:
-        """Stop the workers."""
-        for conn in self.conns:
-            try:
-                conn.send(("close",))
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-        self.conns, self.procs = [], []
-
-
-def make_evaluator(
-    spec: dict,
-    *,
-    device: torch.device,
-    seed: int,
-    num_workers: int,
-    video_dir: Path | None,
-    horizon: int | None = None,
-    **_: object,
-) -> LiftEvaluator:
-    """Rollouts in robosuite Lift built from the data's env_args."""
-    return LiftEvaluator(
-        spec,
-        device=device,
-        seed=seed,
-        num_workers=num_workers,
-        video_dir=video_dir,
-        horizon=horizon,
-    )

@@ -4,7 +4,7 @@ robomimic 0.3.0's own robosuite wrapper imports `mujoco_py` at module level and 
 with mujoco 3.x, so the environment is made here directly through robosuite from the
 `env_args` JSON that every robomimic HDF5 file stores under `data.attrs`. Observations
 follow robomimic's conventions (what its wrapper produces), so that data written by
-`envs.lift_demos`, real robomimic files and rollouts all look alike: images are uint8
+`envs.lift.demos`, real robomimic files and rollouts all look alike: images are uint8
 HWC flipped upright, `object` holds robosuite's `object-state`, and every `robot0_*`
 proprio observable (joint positions, eef velocities included) is present.
 
@@ -12,7 +12,7 @@ Rendering: Mesa multisampling and the floor's reflection pass cost most of an of
 frame on a CPU; `offsamples = 0` must be set before the render context is made (the
 context allocates its multisample buffer then), so it is set inside `_initialize_sim`,
 which robosuite calls before creating the context, including on every hard reset.
-`python -m envs.lift benchmark` measures what the settings save.
+`python -m envs.lift.env benchmark` measures what the settings save.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ def benchmark(frames: int = 200) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m envs.lift benchmark`: rendering cost with and without the speed settings."""
+    """`python -m envs.lift.env benchmark`: rendering cost with and without the speed settings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("benchmark", help="ms per 84x84 frame, speed settings off vs on")

@@ -1,6 +1,6 @@
 """Plot the in-context return curves of several Darkroom runs on one figure.
 
-    python -m envs.darkroom_compare ad=runs/ad cad-finetuned=runs/cad_finetune \
+    python -m envs.darkroom.compare ad=runs/ad cad-finetuned=runs/cad_finetune \
         cad-frozen=runs/cad_frozen --out docs/figures/darkroom_comparison.png
 
 Each run's latest evaluation (`videos/eval_*/in_context_return.json`, written by the

@@ -15,7 +15,7 @@ rewards (L x T, uint8), tasks (L x D, int16), episode_returns (L x E, float32) a
 meta_json (a JSON string with the environment, learner settings, seed and summary), where
 L histories, E episodes each, T = E x horizon steps.
 
-    python -m envs.darkroom_histories --env=darkroom --out=runs/darkroom_histories.npz
+    python -m envs.darkroom.histories --env=darkroom --out=runs/darkroom_histories.npz
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.darkroom import (
+from envs.darkroom.env import DarkroomBatch
+from envs.darkroom.grids import (
     NUM_ACTIONS,
-    DarkroomBatch,
     GridSpec,
     get_grid,
     optimal_returns,
@@ -66,7 +66,7 @@ class QLearningConfig:
 
 @dataclass(frozen=True)
 class HistoriesConfig:
-    """`python -m envs.darkroom_histories`: generate learning histories for one variant."""
+    """`python -m envs.darkroom.histories`: generate learning histories for one variant."""
 
     env: str = "darkroom"
     """Variant: darkroom, darkroom-hard or dark-key-to-door."""
@@ -218,7 +218,7 @@ def generate_histories(cfg: HistoriesConfig, device: torch.device) -> Histories:
         "num_actions": NUM_ACTIONS,
         "episodes": cfg.episodes,
         "num_histories": n,
-        "source": "batched tabular Q-learning (envs/darkroom_histories.py)",
+        "source": "batched tabular Q-learning (envs/darkroom/histories.py)",
         "config": dataclasses.asdict(cfg),
         "test_tasks": task_split(grid, "test").tolist(),
         "summary": {
@@ -261,12 +261,12 @@ def load_histories(path: str | Path) -> Histories:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"histories file {path} does not exist; make one with python -m envs.darkroom_histories"
+            f"histories file {path} does not exist; make one with python -m envs.darkroom.histories"
         )
     if not zipfile.is_zipfile(path):  # np.load would take it for a pickle (and refuse it)
         raise ValueError(
             f"{path} is not a .npz (zip) file; make histories with python -m "
-            f"envs.darkroom_histories"
+            f"envs.darkroom.histories"
         )
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -275,28 +275,29 @@ def load_histories(path: str | Path) -> Histories:
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
             f"{path} is not a readable .npz file ({type(err).__name__}: {reason}); make "
-            f"histories with python -m envs.darkroom_histories"
+            f"histories with python -m envs.darkroom.histories"
         ) from None
     needed = ("obs", "actions", "rewards", "tasks", "episode_returns", "meta_json")
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise ValueError(
             f"{path} is not a Dark Room histories file: missing {', '.join(missing)}; make "
-            f"one with python -m envs.darkroom_histories"
+            f"one with python -m envs.darkroom.histories"
         )
     try:
         meta = json.loads(str(arrays["meta_json"]))
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{path}: its meta_json is not JSON ({err}); make the file again with "
-            f"python -m envs.darkroom_histories"
+            f"python -m envs.darkroom.histories"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(
             f"{path} has format {found!r}, expected {FORMAT!r}; make it again with "
-            f"python -m envs.darkroom_histories"
+            f"python -m envs.darkroom.histories"
         )
+    _check_values(path, arrays, meta)
     return Histories(
         obs=arrays["obs"],
         actions=arrays["actions"],
@@ -305,6 +306,31 @@ def load_histories(path: str | Path) -> Histories:
         episode_returns=arrays["episode_returns"],
         meta=meta,
     )
+
+
+def _check_values(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Refuse data a learner cannot have produced, naming the key and first bad index."""
+    try:
+        grid = get_grid(meta.get("env", ""))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if len(arrays["obs"]) == 0:
+        raise ValueError(f"{path} holds no histories (0 learners); make it again")
+    ranges = {
+        "obs": (0, grid.size - 1),
+        "actions": (0, NUM_ACTIONS - 1),
+        "rewards": (0.0, 1.0),
+    }
+    for key, (low, high) in ranges.items():
+        values = arrays[key]
+        bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+        bad |= (values < low) | (values > high)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{path}: {key}{list(index)} = {values[index]} is out of range for "
+                f"{grid.name} (allowed {low}..{high}); the file is not a learner's history"
+            )
 
 
 def plot_history_returns(hist: Histories, path: str | Path) -> Path:

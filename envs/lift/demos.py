@@ -10,9 +10,9 @@ way robomimic's multi-human (mh) files do rather than being one perfect policy (
 `states`, which is what robomimic's `dataset_states_to_obs` does; real v1.5 robomimic
 files ship low-dim only, so this is how their image versions are made here.
 
-    python -m envs.lift_demos generate --num_demos 100 --seed 0 --operators 3 \\
+    python -m envs.lift.demos generate --num_demos 100 --seed 0 --operators 3 \\
         --output data/lift_scripted.hdf5
-    python -m envs.lift_demos render --input low_dim_v15.hdf5 --output image_v15.hdf5
+    python -m envs.lift.demos render --input low_dim_v15.hdf5 --output image_v15.hdf5
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from envs.lift import CAMERAS, IMAGE_SIZE, LiftEnv, default_env_args
+from envs.lift.env import CAMERAS, IMAGE_SIZE, LiftEnv, default_env_args
 
 
 @dataclass(frozen=True)

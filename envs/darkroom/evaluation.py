@@ -1,0 +1,137 @@
+"""The evaluation of train_bc.py's Dark Room tasks: in-context rollouts on held-out tasks.
+
+Every held-out task x `eval_seeds` streams as one batch on the device. The agent starts
+with an empty context and plays `num_episodes` episodes in sequence on each task,
+keeping its context across them; the return of every in-context episode is recorded on
+the device and read back once at the end. Reported against the exact optimal return
+and the exact expected return of the uniformly random policy.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs.darkroom.env import DarkroomBatch
+from envs.darkroom.grids import get_grid, optimal_returns, random_returns, task_split
+
+
+class InContextEvaluator:
+    """All test tasks x seeds in one batch, episodes in sequence, context kept throughout."""
+
+    def __init__(self, spec: dict, *, device: torch.device, seed: int, eval_seeds: int,
+                 plot_dir: Path | None) -> None:
+        self.grid = get_grid(spec["env"])
+        self.device = device
+        self.seed = seed
+        self.eval_seeds = eval_seeds
+        self.plot_dir = plot_dir
+        self.test_tasks = task_split(self.grid, "test")
+        self.optimal = float(optimal_returns(self.grid, self.test_tasks).mean())
+        self.random = float(random_returns(self.grid, self.test_tasks).mean())
+        self.calls = 0
+
+    @torch.no_grad()
+    def rollout(self, agent, num_episodes: int) -> torch.Tensor:
+        """Returns of every in-context episode: episodes x test tasks x seeds (on the host)."""
+        n_tasks = len(self.test_tasks)
+        tasks = self.test_tasks.repeat_interleave(self.eval_seeds, 0)
+        n = len(tasks)
+        env_gen = torch.Generator(self.device).manual_seed(self.seed)
+        act_gen = torch.Generator(self.device).manual_seed(self.seed + 1)
+        env = DarkroomBatch(self.grid, tasks, device=self.device, generator=env_gen)
+        agent.reset_context(n, generator=act_gen)
+        returns = torch.zeros(num_episodes, n, device=self.device)
+        prev_action = torch.zeros(n, dtype=torch.long, device=self.device)
+        prev_reward = torch.zeros(n, device=self.device)
+        for episode in range(num_episodes):
+            obs = env.reset()
+            done = False
+            while not done:
+                prev_action = agent.act(
+                    {"obs": obs, "prev_action": prev_action, "prev_reward": prev_reward}
+                )
+                obs, prev_reward, done = env.step(prev_action)
+                returns[episode] += prev_reward
+        return returns.cpu().view(num_episodes, n_tasks, self.eval_seeds)
+
+    def run(self, agent, num_episodes: int) -> dict:
+        """Roll out, then summarise: metrics, the return curve (PNG) and its numbers (JSON)."""
+        if not hasattr(agent, "reset_context"):
+            # Stage-1 compressed-AD pretraining has no policy to roll out.
+            tqdm.write(f"{type(agent).__name__} does not act in context: no evaluation")
+            return {"metrics": {}, "video": None, "plots": []}
+        returns = self.rollout(agent, num_episodes)
+        per_task = returns.mean(2)  # episodes x tasks
+        curve = per_task.mean(1)
+        last = curve[-1].item()
+        tail = max(1, num_episodes // 10)
+        metrics = {
+            "eval/return": last,
+            "eval/return_first_episode": curve[0].item(),
+            f"eval/return_last_{tail}_episodes": curve[-tail:].mean().item(),
+            "eval/return_mean_over_episodes": curve.mean().item(),
+            "eval/return_std_over_tasks": per_task[-1].std().item(),
+            "eval/optimal_return": self.optimal,
+            "eval/random_return": self.random,
+            "eval/normalized_return": (last - self.random) / (self.optimal - self.random),
+            "eval/in_context_episodes": float(num_episodes),
+        }
+        plots = self._write_curve(curve.numpy(), per_task.numpy())
+        self.calls += 1
+        return {"metrics": metrics, "video": None, "plots": plots}
+
+    def _write_curve(self, curve: np.ndarray, per_task: np.ndarray) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plot_dir = self.plot_dir or Path(tempfile.mkdtemp(prefix="darkroom_eval_"))
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        episodes = np.arange(1, len(curve) + 1)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(episodes, curve, label="agent (mean over test tasks)")
+        ax.axhline(self.optimal, color="k", ls="--", label=f"optimal {self.optimal:.2f}")
+        ax.axhline(self.random, color="r", ls=":", label=f"random {self.random:.2f}")
+        ax.set_xlabel("in-context episode")
+        ax.set_ylabel("return")
+        ax.set_title(f"{self.grid.name}: {per_task.shape[1]} held-out tasks x "
+                     f"{self.eval_seeds} seeds")
+        ax.legend()
+        fig.tight_layout()
+        # One folder per evaluation (never reusing one, e.g. after --resume), one file name
+        # throughout: the logger keys images by file stem.
+        while (plot_dir / f"eval_{self.calls:03d}").exists():
+            self.calls += 1
+        out = plot_dir / f"eval_{self.calls:03d}"
+        out.mkdir(parents=True)
+        png = out / "in_context_return.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        (out / "in_context_return.json").write_text(json.dumps({
+            "return_per_episode": curve.tolist(),
+            "return_per_episode_per_task": per_task.T.tolist(),
+            "test_tasks": self.test_tasks.tolist(),
+            "optimal_return": self.optimal,
+            "random_return": self.random,
+        }))
+        return [png]
+
+    def close(self) -> None:
+        """Nothing to release (no worker processes)."""
+
+
+def make_evaluator(spec: dict, *, device: torch.device, seed: int, num_workers: int,
+                   video_dir: Path | None, env: str = "darkroom", eval_seeds: int = 16,
+                   **options) -> InContextEvaluator:
+    """In-context evaluation on the held-out tasks (num_workers is unused: one batch)."""
+    if spec["env"] != env:
+        raise ValueError(f"data is {spec['env']} but the task is {env}")
+    return InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
+                              plot_dir=None if video_dir is None else Path(video_dir))

@@ -1,0 +1,53 @@
+"""Durotaxis evaluation: play one episode in every environment of a batch and summarise.
+
+A policy here is an env -> (kind, params) function over a `DurotaxisCore`: the
+baselines (envs/durotaxis/baselines.py) are such functions, and `greedy_policy` makes
+one of a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from envs.durotaxis.core import DurotaxisCore
+
+
+def greedy_policy(model: Any):
+    """The deterministic policy as an env -> (kind, params) function.
+
+    `model` is anything with `act(obs, deterministic=True)` returning a dict with "kind"
+    (B integers) and "params" (B x 5); obs is the B x C x H x W uint8 observation.
+    """
+
+    def policy(env: DurotaxisCore) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.act(env.observe(), deterministic=True)
+        return out["kind"], out["params"]
+
+    return policy
+
+
+def run_episodes(env: DurotaxisCore, policy: Any, seed: int = 0) -> dict[str, float]:
+    """Play one episode in every env (all in parallel) and return success rate and mean return."""
+    env.reset(seed=seed)
+    done = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+    success = torch.zeros_like(done)
+    returns = torch.zeros(env.num_envs, device=env.device)
+    lengths = torch.zeros(env.num_envs, device=env.device)
+    for _ in range(env.config.max_steps):
+        kind, params = policy(env)
+        reward, terminated, truncated, info = env.step(kind, params)
+        live = ~done
+        returns += reward * live
+        lengths += live.float()
+        success |= info["is_success"] & live
+        done |= terminated | truncated
+        if bool(done.all()):  # one host sync per step: fine outside the training loop
+            break
+    return {
+        "success_rate": success.float().mean().item(),
+        "mean_return": returns.mean().item(),
+        "mean_length": lengths.mean().item(),
+        "episodes": float(env.num_envs),
+    }

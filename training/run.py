@@ -1,0 +1,386 @@
+"""The run harness: the plumbing around a training loop, written once for both entry scripts.
+
+    with Run(cfg.run, cfg, wandb=cfg.wandb, name="...", entry="train_bc", inputs=[...]) as run:
+        ...build data, model, optimizer: any of it may still refuse; nothing is written yet
+        restored = run.track(model, optimizer)     # the checkpoint, when resuming
+        logger = run.open(facts, components)       # only now is the run directory written
+        with run.stop_signal() as stop:
+            for step in ...:
+                ...
+                skipped = run.check_finite(where)  # at sync points
+                run.save(step, rank_state, shared)
+                if run.should_stop(stop, sync_point): run.announce_stop(stop, step); break
+        run.evaluate(step, evaluate_fn)            # a failure costs no trained weights
+
+What it owns: world and device (torchrun or a world of one), threads and seeds, the run
+directory (choose, refuse, overwrite only a run of ours and only after every input is
+checked, one process at a time), the resume check (same settings as the saved
+config.json, bar an allow-list, each accepted change recorded under `resumes`), the
+logger, the parameter report, checkpoints in one layout, the non-finite gradient message,
+signals with the resume hint, and closing all of it, also when the run fails.
+
+Checkpoint layout (read with `weights_only=True`): `model`, `optimizer`, `step`, `config`,
+`rng`, `frozen`, and `extra = {"ranks": [per-process state, rank order; each has "rng"],
+"skipped_nonfinite_steps": int, **the entry script's own state}`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from training.device import resolve_device
+from training.distributed import (
+    broadcast_object,
+    close_world,
+    gather_objects,
+    init_world,
+    stop_agreed,
+)
+from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
+from training.logger import RunLogger, WandbConfig
+from training.report import encoder_weight_sources, parameter_report
+from training.run_dir import (
+    ReplacedRun,
+    RunDirError,
+    RunDirLock,
+    choose_run_dir,
+    write_marker,
+)
+from training.seeding import seed_everything
+from training.settings import RunSettings, flag_values, resume_changes
+
+
+class EvaluationFailed(Exception):
+    """An evaluation crashed; the trained weights were saved first (one line says where)."""
+
+
+@dataclass
+class Restored:
+    """What a resumed run gets back from its checkpoint (RNG states are already restored)."""
+
+    step: int
+    extra: dict[str, Any]
+    """The entry script's own state, as it passed it to `save(shared=...)`."""
+    rank: dict[str, Any] | None
+    """This process's state as saved; None when the checkpoint was written by another
+    number of processes (the entry decides whether it can go on)."""
+    saved_ranks: int
+
+
+def upgrade_legacy_extra(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """`extra` in today's layout, from a checkpoint written before the harness.
+
+    Old train_bc.py checkpoints kept per-rank RNGs in `rank_rng` (or only the top-level
+    `rng`) and the skipped-step count as `skipped_nonfinite`.
+    """
+    extra = ckpt.get("extra")
+    if not isinstance(extra, dict):
+        raise ValueError("its 'extra' entry is not a dict")
+    extra = dict(extra)
+    if "ranks" not in extra:
+        rngs = extra.pop("rank_rng", [ckpt.get("rng")])
+        extra["ranks"] = [{"rng": rng} for rng in rngs]
+    if "skipped_nonfinite" in extra:
+        extra["skipped_nonfinite_steps"] = extra.pop("skipped_nonfinite")
+    ranks = extra["ranks"]
+    if not isinstance(ranks, list) or not all(isinstance(r, dict) and "rng" in r for r in ranks):
+        raise ValueError("its per-process states (extra['ranks']) are missing or malformed")
+    extra.setdefault("skipped_nonfinite_steps", 0)
+    return extra
+
+
+def input_paths(config: Any) -> list[Path]:
+    """Files and directories the config names (dataset, weights, stage-1 checkpoint, ...).
+
+    Every string setting that names an existing path counts, so that --overwrite never
+    deletes an input a new setting adds; `PATH::PREFIX` weights count by their PATH.
+    """
+    paths = []
+    for flag, value in flag_values(config).items():
+        if flag == "output_dir" or not isinstance(value, str) or not value:
+            continue
+        path = Path(value.partition("::")[0]).expanduser()
+        if path.exists():
+            paths.append(path)
+    return paths
+
+
+class Run:
+    """One training run's plumbing; a context manager that always cleans up."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        config: Any,
+        *,
+        wandb: WandbConfig,
+        name: str,
+        entry: str,
+        inputs: Iterable[str | Path | None] = (),
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.wandb = wandb
+        self.entry = entry
+        self.world, self.device = init_world(resolve_device(settings.device))
+        if settings.threads > 0:
+            torch.set_num_threads(settings.threads)
+        seed_everything(settings.seed)  # the same initial weights on every rank
+        self.logger: RunLogger | None = None
+        self.guard: NonFiniteGuard | None = None
+        self._lock: RunDirLock | None = None
+        self._replaced: ReplacedRun | None = None
+        self._tracked: tuple[nn.Module, torch.optim.Optimizer] | None = None
+        self._saved_step: int | None = None
+        self._changes: dict[str, tuple[Any, Any]] = {}
+        try:
+            self._choose_dir(name, [*[i for i in inputs if i], *input_paths(config)])
+        except BaseException:
+            self.close()
+            raise
+
+    def _choose_dir(self, name: str, inputs: list[str | Path]) -> None:
+        settings = self.settings
+        self.dir = self._on_main(
+            lambda: choose_run_dir(
+                settings.output_dir,
+                name,
+                resume=settings.resume,
+                overwrite=settings.overwrite,
+                inputs=inputs,
+            )
+        )
+        self.ckpt_path = self.dir / "checkpoints" / "last.pt"
+        if self.world.is_main and self.dir.is_dir() and any(self.dir.iterdir()):
+            self._lock = RunDirLock(self.dir)  # resume or overwrite: nobody else may be in it
+
+    # ----- setup ---------------------------------------------------------------------------
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, evaluates and writes checkpoints."""
+        return self.world.is_main
+
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """fn() on rank 0, its result (or its error) on every rank, so no rank waits alone."""
+        if not self.world.enabled:
+            return fn()
+        result, error = None, None
+        if self.world.is_main:
+            try:
+                result = fn()
+            except (ValueError, FileNotFoundError, FileExistsError, RunDirError) as err:
+                error = err
+        result, error = broadcast_object((result, error), self.world)
+        if error is not None:
+            raise error
+        return result
+
+    def _check_resume(self) -> dict[str, tuple[Any, Any]]:
+        path = self.dir / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--resume: cannot read {path} ({err}); the run cannot be checked "
+                             f"for changed settings") from None
+        return resume_changes(saved, self.config)
+
+    def track(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Restored | None:
+        """The model and optimizer that checkpoints hold; loads them when resuming."""
+        self._tracked = (model, optimizer)
+        self.guard = NonFiniteGuard(optimizer, skip=self.settings.skip_nonfinite)
+        if not self.settings.resume:
+            return None
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
+        ckpt = load_checkpoint(self.ckpt_path)
+        try:
+            extra = upgrade_legacy_extra(ckpt)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {self.ckpt_path} is not in a known layout: {err}; "
+                             f"start a new run") from None
+        load_model_state(model, ckpt["model"], str(self.ckpt_path))
+        load_optimizer_state(optimizer, ckpt["optimizer"], str(self.ckpt_path))
+        ranks = extra.pop("ranks")
+        own = ranks[self.world.rank] if len(ranks) == self.world.world_size else None
+        if own is not None:
+            restore_rng(own["rng"])
+        self.guard.skipped += int(extra.pop("skipped_nonfinite_steps"))
+        self._saved_step = int(ckpt["step"])
+        return Restored(step=int(ckpt["step"]), extra=extra, rank=own, saved_ranks=len(ranks))
+
+    def open(
+        self, facts: dict[str, Any] | None = None, components: dict[str, nn.Module] | None = None
+    ) -> RunLogger:
+        """Write the run directory (every input has been accepted by now) and start logging."""
+        resume_step = self._saved_step if self.settings.resume else None
+        if resume_step is not None:  # after the checkpoint fitted: the same run, or nothing
+            self._changes = self._on_main(self._check_resume)
+        if self.is_main:
+            self._make_dir()
+        self.logger = RunLogger(
+            self.dir,
+            self.config,
+            self.wandb,
+            run_name=self.dir.name,
+            active=self.is_main,
+            resume_step=resume_step,
+        )
+        if self._replaced is not None:
+            self._replaced.commit()  # the new run has written its first files
+            self._replaced = None
+        model, optimizer = self._tracked or (None, None)
+        facts = dict(facts or {})
+        if model is not None:
+            facts.update(encoder_weight_sources(model))
+        if resume_step is not None and self.is_main:
+            previous = self.logger.config.get("resumes", [])
+            record = {"step": resume_step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "changed": {k: list(v) for k, v in self._changes.items()
+                                  if k not in ("output_dir", "resume", "overwrite")}}
+            facts["resumes"] = [*previous, record]
+            tqdm.write(f"resumed from {self.ckpt_path} at step {resume_step}")
+        self.logger.add_config(facts)
+        if resume_step is None and model is not None and self.is_main:
+            self.logger.log(parameter_report(model, optimizer, components), step=0)
+        return self.logger
+
+    def _make_dir(self) -> None:
+        try:
+            if self.settings.overwrite and self.dir.is_dir() and any(self.dir.iterdir()):
+                self._replaced = ReplacedRun(self.dir)  # put back if we fail before writing
+            fresh = not self.dir.is_dir() or not any(self.dir.iterdir())
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if fresh:
+                write_marker(self.dir, self.entry)
+            if self._lock is None or self._replaced is not None:
+                old, self._lock = self._lock, RunDirLock(self.dir)
+                if old is not None:
+                    old.release()
+        except OSError as err:
+            raise RunDirError(self._os_message(err, f"cannot write the run directory {self.dir}",
+                                               "choose a writable --output_dir")) from None
+
+    # ----- during training -------------------------------------------------------------------
+
+    def check_finite(self, where: Callable[[int | None], str]) -> int:
+        """Steps skipped so far; raises one line if a gradient was non-finite (unless skipping).
+
+        `where(first_bad_step)` says where it happened (e.g. "step 8", "iteration 3 (step 24)").
+        """
+        assert self.guard is not None, "call track() first"
+        try:
+            return self.guard.check()
+        except NonFiniteGradient as err:
+            kept = self._saved_step
+            kept = "none yet" if kept is None else f"{self.ckpt_path} (step {kept})"
+            raise NonFiniteGradient(
+                f"{where(err.step)}: {err}; weights held at the step before, last good "
+                f"checkpoint: {kept}; rerun with --skip_nonfinite=True to skip such steps"
+            ) from None
+
+    def save(
+        self,
+        step: int,
+        rank_state: dict[str, Any] | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        """Write checkpoints/last.pt atomically; every rank's state goes in (a collective)."""
+        assert self._tracked is not None and self.guard is not None, "call track() first"
+        model, optimizer = self._tracked
+        ranks = gather_objects({"rng": rng_state(), **(rank_state or {})}, self.world)
+        if self.is_main:
+            skipped = int(self.guard.skipped)  # a host read, at a save only
+            extra = {"ranks": ranks, "skipped_nonfinite_steps": skipped, **(shared or {})}
+            try:
+                save_checkpoint(self.ckpt_path, model=model, optimizer=optimizer, step=step,
+                                config=self.config, extra=extra)
+            except OSError as err:
+                kept = ("no earlier checkpoint" if self._saved_step is None
+                        else f"the previous one (step {self._saved_step}) is intact")
+                raise RunDirError(self._os_message(
+                    err, f"could not write checkpoint {self.ckpt_path} at step {step}",
+                    f"{kept}; free space or fix permissions, then --resume=True")) from None
+        self._saved_step = step
+
+    @staticmethod
+    def _os_message(err: OSError, what: str, remedy: str) -> str:
+        reason = "no space left on device" if err.errno == errno.ENOSPC else (
+            err.strerror or type(err).__name__)
+        return f"{what}: {reason}; {remedy}"
+
+    def stop_signal(self) -> StopOnSignal:
+        """SIGINT / SIGTERM set a flag that the loop reads at the end of a step."""
+        return StopOnSignal()
+
+    def should_stop(self, stop: StopOnSignal, sync_point: bool) -> bool:
+        """Whether to stop after this step (with several processes: all at a sync point)."""
+        return stop_agreed(stop.requested is not None, self.world, self.device, sync_point)
+
+    def announce_stop(self, stop: StopOnSignal, step: int) -> None:
+        """The line that says where the weights are and how to go on."""
+        if self.is_main:
+            tqdm.write(
+                f"{stop.requested or 'stop signal'} at step {step}: wrote {self.ckpt_path}; "
+                f"continue with --output_dir={self.dir} --resume=True"
+            )
+
+    def evaluate(self, step: int, evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run an evaluation; if it fails, say so in one line naming the saved weights.
+
+        Entry scripts save before they evaluate, so a crashing evaluator costs no training.
+
+        The RNG states are put back afterwards, so that evaluating (or not) never changes
+        the training that follows, and a resumed run continues exactly.
+        """
+        before = rng_state()
+        try:
+            return evaluate()
+        except Exception as err:  # a crashing evaluator (robosuite, EGL, a worker) of any kind
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            saved = (f"the trained weights are saved in {self.ckpt_path} (step {self._saved_step})"
+                     if self._saved_step is not None else "no checkpoint was written yet")
+            raise EvaluationFailed(
+                f"evaluation at step {step} failed ({type(err).__name__}: {reason}); {saved}; "
+                f"set RLENC_TRACEBACK=1 for the traceback"
+            ) from err
+        finally:
+            restore_rng(before)
+
+    # ----- the end -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish logging, leave the process group, release the directory."""
+        if self._replaced is not None:  # failed before the new run wrote anything
+            self._replaced.restore()
+            self._replaced = None
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        close_world(self.world)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
