@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import torch
 import tyro
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from agents import agent_name, get_agent
 from envs.bc_tasks import BCTask, get_bc_task
 from training.cli import parse_config, pop_flag, rename_flags, run_main
+from training.contracts import BCAgent, BCData, Evaluator
 from training.distributed import LossForward, barrier, data_parallel, mean_metrics
 from training.logger import WandbConfig
 from training.precision import autocast, to_channels_last, with_autocast
@@ -95,17 +96,29 @@ def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
     )
 
 
-def load_data(cfg: TrainBCConfig, task: BCTask, run: Run):
+def agent_fields(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
+    """The agent settings the task's data is shaped by (e.g. chunk_length), by name."""
+    missing = [name for name in task.agent_fields if not hasattr(cfg.agent, name)]
+    if missing:
+        raise ValueError(
+            f"--agent={cfg.agent_name} does not fit --env_name={task.name}: its data is shaped "
+            f"by the agent's {', '.join(missing)}, which {cfg.agent_name} does not have (this "
+            f"task trains {task.default_agent}-like agents)"
+        )
+    return {name: getattr(cfg.agent, name) for name in task.agent_fields}
+
+
+def load_data(cfg: TrainBCConfig, task: BCTask, run: Run) -> BCData:
     """The task's data on the run's device; rank 0 first (it may generate the default set)."""
     if not run.world.is_main:
         barrier(run.world)
     data = task.load_data()(
         cfg.dataset,
-        cfg.agent,
         device=run.device,
         seed=cfg.run.seed,
         cache_dir=Path(cfg.cache_dir).expanduser(),
-        **task.options,
+        **agent_fields(cfg, task),
+        **task.data_options,
     )
     if run.world.is_main:
         barrier(run.world)
@@ -134,7 +147,7 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
         data = load_data(cfg, task, run)
-        agent = agent_class(cfg.agent, data.spec, run.device)
+        agent: BCAgent = agent_class(cfg.agent, data.spec, run.device)
         to_channels_last(agent, cfg.run.channels_last)
         # Same sample indices on every rank, each taking its shard of the global batch.
         sampler = torch.Generator(device=run.device).manual_seed(cfg.run.seed)
@@ -143,9 +156,8 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         loss_fn = data_parallel(LossForward(agent, agent.loss), run.world, run.device)
         loss_fn = with_autocast(loss_fn, run.device, cfg.run.amp)
         logger = run.open({"agent_name": cfg.agent_name}, agent.components())
-        if hasattr(agent, "prepare"):  # TODO contracts
-            data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
-        evaluator = None
+        data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
+        evaluator: Evaluator | None = None
         if cfg.eval_episodes > 0 and run.is_main:
             evaluator = task.load_evaluator()(
                 data.spec,
@@ -153,7 +165,7 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
                 seed=cfg.run.seed,
                 num_workers=cfg.eval_workers,
                 video_dir=run.dir / "videos",
-                **task.options,
+                **task.evaluator_options,
             )
 
         def evaluate(step: int) -> dict[str, float]:
@@ -161,12 +173,12 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
                 return {}
             with autocast(run.device, cfg.run.amp):
                 result = run.evaluate(step, lambda: evaluator.run(agent, cfg.eval_episodes))
-            logger.log(result["metrics"], step=step)
-            if result.get("video") is not None:
-                logger.log_video("eval/video", result["video"], step=step)
-            for plot in result.get("plots", []):
+            logger.log(result.metrics, step=step)
+            if result.video is not None:
+                logger.log_video("eval/video", result.video, step=step)
+            for plot in result.plots:
                 logger.log_image(f"eval/{plot.stem}", plot, step=step)
-            return result["metrics"]
+            return result.metrics
 
         try:
             metrics, stopped = fit(cfg, run, agent, data, loss_fn, sampler, shard, start_step,

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.contracts import BCData
 from training.diagnostics import grad_norms
 from training.optim import build_optimizer, scale_learning_rates
 from training.ranges import ConfigError, at_least, below, positive
@@ -64,6 +66,19 @@ class ADConfig:
 
     def __post_init__(self) -> None:
         check_transformer_ranges(self)
+
+    @property
+    def compressed_episodes(self) -> int:
+        """Older episodes compressed before the context: none for AD (its data windows)."""
+        return 0
+
+
+class GridHistorySpec(Protocol):
+    """What AD reads of a task's data spec (envs/darkroom/dataset.py's DarkroomSpec is one)."""
+
+    grid_size: int
+    horizon: int
+    num_actions: int
 
 
 def check_transformer_ranges(cfg) -> None:
@@ -316,17 +331,17 @@ class EpisodeContext:
 class ADAgent(nn.Module):
     """AD: embed -> LayerNorm -> causal transformer -> action logits."""
 
-    def __init__(self, cfg: ADConfig, spec: dict, device: torch.device) -> None:
+    def __init__(self, cfg: ADConfig, spec: GridHistorySpec, device: torch.device) -> None:
         super().__init__()
         if cfg.d_model % cfg.n_head:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_head {cfg.n_head}")
         self.cfg = cfg
         self.spec = spec
         self.device = torch.device(device)
-        self.horizon = spec["horizon"]
-        self.num_actions = spec["num_actions"]
+        self.horizon = spec.horizon
+        self.num_actions = spec.num_actions
         self.window = (cfg.context_episodes + 1) * self.horizon
-        self.embed = TokenEmbedding(spec["grid_size"], self.num_actions, cfg.d_model)
+        self.embed = TokenEmbedding(spec.grid_size, self.num_actions, cfg.d_model)
         self.embed_ln = nn.LayerNorm(cfg.d_model)
         self.transformer = CausalTransformer(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.dropout,
                                              self.window, cfg.attention_dropout)
@@ -362,6 +377,10 @@ class ADAgent(nn.Module):
     def update(self, batch: dict[str, torch.Tensor], loss_fn=None) -> dict:
         """One Adam step on a batch of history windows (`loss_fn`: see `adam_step`)."""
         return adam_step(self, batch, loss_fn or self.loss, self.cfg)
+
+    def prepare(self, data: BCData) -> BCData:
+        """The windows as they are: nothing to precompute."""
+        return data
 
     # ---- in-context rollouts
 

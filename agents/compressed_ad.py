@@ -40,6 +40,7 @@ from agents.ad import (
     Block,
     CausalTransformer,
     EpisodeContext,
+    GridHistorySpec,
     KVCache,
     TokenEmbedding,
     UpdateCounter,
@@ -49,6 +50,7 @@ from agents.ad import (
 )
 from encoders.freezing import FrozenParts
 from training.checkpoint import load_checkpoint, load_model_state
+from training.contracts import BCData
 from training.optim import build_optimizer
 
 SHARED_PREFIXES = ("embed.", "embed_ln.", "encoder.")
@@ -161,12 +163,12 @@ class ContextEncoder(nn.Module):
 class _SharedContext(nn.Module):
     """Embedding, LayerNorm and encoder: the part stage 1 trains and stage 2 loads."""
 
-    def _build_shared(self, cfg, spec: dict) -> None:
+    def _build_shared(self, cfg, spec: GridHistorySpec) -> None:
         if cfg.d_model % cfg.n_head:
             raise ValueError(f"d_model {cfg.d_model} is not divisible by n_head {cfg.n_head}")
-        self.horizon = spec["horizon"]
-        self.num_actions = spec["num_actions"]
-        self.grid_size = spec["grid_size"]
+        self.horizon = spec.horizon
+        self.num_actions = spec.num_actions
+        self.grid_size = spec.grid_size
         self.embed = TokenEmbedding(self.grid_size, self.num_actions, cfg.d_model)
         self.embed_ln = nn.LayerNorm(cfg.d_model)
         self.encoder = ContextEncoder(cfg.d_model, cfg.n_head, cfg.encoder_layers, cfg.n_latent,
@@ -175,6 +177,10 @@ class _SharedContext(nn.Module):
     def shared_modules(self) -> list[nn.Module]:
         """The encoder and the shared embedding + LayerNorm (the "backbone")."""
         return [self.encoder, self.embed, self.embed_ln]
+
+    def prepare(self, data: BCData) -> BCData:
+        """The windows as they are: nothing to precompute."""
+        return data
 
     def embed_transitions(self, obs: torch.Tensor, actions: torch.Tensor,
                           rewards: torch.Tensor) -> torch.Tensor:
@@ -212,7 +218,8 @@ def _draw_depth(high: torch.Tensor, low: int) -> torch.Tensor:
 class CompressedADPretrainAgent(_SharedContext):
     """Stage 1: encoder + shared embedding trained to rebuild compressed episodes."""
 
-    def __init__(self, cfg: CompressedADPretrainConfig, spec: dict, device: torch.device) -> None:
+    def __init__(self, cfg: CompressedADPretrainConfig, spec: GridHistorySpec,
+                 device: torch.device) -> None:
         super().__init__()
         if cfg.compressed_episodes < 1:
             raise ValueError("compressed_episodes must be at least 1 to pretrain an encoder")
@@ -301,7 +308,8 @@ class CompressedADPretrainAgent(_SharedContext):
 class CompressedADAgent(_SharedContext):
     """Stage 2: latents of older episodes + recent raw episodes -> the learner's actions."""
 
-    def __init__(self, cfg: CompressedADConfig, spec: dict, device: torch.device) -> None:
+    def __init__(self, cfg: CompressedADConfig, spec: GridHistorySpec,
+                 device: torch.device) -> None:
         super().__init__()
         self.cfg = cfg
         self.device = torch.device(device)

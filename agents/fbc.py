@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -154,16 +156,42 @@ def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
     return x[batch, chans, rows, cols]
 
 
+class ImageChunkSpec(Protocol):
+    """What fbc reads of a task's data spec (envs/lift/dataset.py's LiftSpec is one)."""
+
+    image_keys: Sequence[str]
+    image_shape: Sequence[int]
+    lowdim_keys: Sequence[str]
+    lowdim_mean: Mapping[str, Sequence[float]]
+    lowdim_std: Mapping[str, Sequence[float]]
+    action_dim: int
+    chunk_length: int
+
+
+class ImageFrames(Protocol):
+    """Data whose batches can leave the images out (what the feature cache wraps)."""
+
+    spec: ImageChunkSpec
+    num_samples: int
+    device: torch.device
+
+    def describe(self) -> str: ...
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
+
+    def batch(self, indices: torch.Tensor, images: bool = True) -> dict[str, torch.Tensor]: ...
+
+
 class ObsEncoder(nn.Module):
     """Cameras through ResNet bodies + normalised low-dim, projected to emb_dim."""
 
-    def __init__(self, cfg: FBCConfig, spec: dict) -> None:
+    def __init__(self, cfg: FBCConfig, spec: ImageChunkSpec) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image_keys = list(spec["image_keys"])
-        self.lowdim_keys = list(spec["lowdim_keys"])
+        self.image_keys = list(spec.image_keys)
+        self.lowdim_keys = list(spec.lowdim_keys)
         enc_cfg = cfg.encoder_config
-        channels = int(spec["image_shape"][0])
+        channels = int(spec.image_shape[0])
         if cfg.share_encoder:
             shared = ResNetEncoder(enc_cfg, channels)
             self.bodies = nn.ModuleDict({"shared": shared})
@@ -171,8 +199,8 @@ class ObsEncoder(nn.Module):
             self.bodies = nn.ModuleDict(
                 {k: ResNetEncoder(enc_cfg, channels) for k in self.image_keys}
             )
-        mean = torch.cat([torch.tensor(spec["lowdim_mean"][k]) for k in self.lowdim_keys])
-        std = torch.cat([torch.tensor(spec["lowdim_std"][k]) for k in self.lowdim_keys])
+        mean = torch.cat([torch.tensor(spec.lowdim_mean[k]) for k in self.lowdim_keys])
+        std = torch.cat([torch.tensor(spec.lowdim_std[k]) for k in self.lowdim_keys])
         self.register_buffer("lowdim_mean", mean.float())
         # A constant dimension (std 0) must not blow up: floor the scale.
         self.register_buffer("lowdim_std", std.float().clamp_min(1e-3))
@@ -241,10 +269,10 @@ class VelocityMLP(nn.Module):
 class FlowPolicy(nn.Module):
     """Encoder + velocity field; forward samples action chunks (for EMA functional calls)."""
 
-    def __init__(self, cfg: FBCConfig, spec: dict) -> None:
+    def __init__(self, cfg: FBCConfig, spec: ImageChunkSpec) -> None:
         super().__init__()
         self.chunk_length = cfg.chunk_length
-        self.action_dim = int(spec["action_dim"])
+        self.action_dim = int(spec.action_dim)
         self.flow_steps = cfg.flow_steps
         self.encoder = ObsEncoder(cfg, spec)
         self.velocity = VelocityMLP(
@@ -315,7 +343,7 @@ class EMA(nn.Module):
 class CachedFeatureData:
     """Wraps task data: batches carry the frozen bodies' outputs instead of images."""
 
-    def __init__(self, data, features: dict[str, torch.Tensor]) -> None:
+    def __init__(self, data: ImageFrames, features: dict[str, torch.Tensor]) -> None:
         self.data = data
         self.features = features
         self.spec = data.spec
@@ -345,14 +373,14 @@ class CachedFeatureData:
 class FBCAgent(nn.Module):
     """Flow-matching BC agent: update(batch), act(obs) -> actions to execute."""
 
-    def __init__(self, cfg: FBCConfig, spec: dict, device: torch.device) -> None:
+    def __init__(self, cfg: FBCConfig, spec: ImageChunkSpec, device: torch.device) -> None:
         super().__init__()
-        if int(spec.get("chunk_length", cfg.chunk_length)) != cfg.chunk_length:
+        if int(spec.chunk_length) != cfg.chunk_length:
             raise ValueError(
-                f"data chunks have {spec['chunk_length']} actions but chunk_length is "
+                f"data chunks have {spec.chunk_length} actions but chunk_length is "
                 f"{cfg.chunk_length}"
             )
-        side = min(spec["image_shape"][1:]) if spec.get("image_keys") else None
+        side = min(spec.image_shape[1:]) if spec.image_keys else None
         if cfg.random_crop and side is not None and not 0 < cfg.crop_size < side:
             # crop_images returns a crop_size >= the image unchanged: no augmentation at all.
             raise ValueError(
@@ -426,7 +454,7 @@ class FBCAgent(nn.Module):
         return self.sample_chunks(obs)[:, : self.cfg.action_horizon]
 
     @torch.no_grad()
-    def frozen_features(self, data) -> dict[str, torch.Tensor]:
+    def frozen_features(self, data: ImageFrames) -> dict[str, torch.Tensor]:
         """Every frame's frozen-body output, batched on the device, in data order."""
         enc = self.policy.encoder
         was_training = self.training
@@ -442,11 +470,8 @@ class FBCAgent(nn.Module):
         self.train(was_training)
         return {k: torch.cat(v) for k, v in out.items()}
 
-    def prepare(self, data):
+    def prepare(self, data: ImageFrames) -> ImageFrames | CachedFeatureData:
         """Cache frozen features when they are constants; otherwise return data as is."""
         if not self.cfg.uses_feature_cache:
-            return data
-        if not (hasattr(data, "batch") and hasattr(data, "sample_indices")):
-            tqdm.write("fbc: data cannot be indexed frame by frame; training without a cache")
             return data
         return CachedFeatureData(data, self.frozen_features(data))

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.ad import ADAgent, ADConfig  # noqa: E402
 from agents.compressed_ad import CompressedADAgent, CompressedADConfig  # noqa: E402
 from envs.darkroom import DARKROOM, NUM_ACTIONS, DarkroomBatch, task_split  # noqa: E402
+from envs.darkroom.dataset import DarkroomSpec  # noqa: E402
 from training.cli import parse_config  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 
@@ -110,7 +111,9 @@ def main() -> None:
         base = base or rate
         print(f"{n:>8}{rate:>16,.0f}{rate / base:>11.1f}x")
 
-    spec = {"env": "darkroom", "grid_size": 9, "horizon": 20, "num_actions": NUM_ACTIONS}
+    spec = DarkroomSpec(env="darkroom", grid_size=9, horizon=20, num_actions=NUM_ACTIONS,
+                        context_episodes=ADConfig().context_episodes, prefix_episodes=0,
+                        history_episodes=80)
     agents = {"ad": ADAgent(ADConfig(), spec, device)}
     if cfg.compressed:
         agents["compressed_ad"] = CompressedADAgent(CompressedADConfig(), spec, device)

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace, path: str | Path) -> None:
         "frozen": FBCConfig(freeze_encoder=True, **common),
         "frozen+cached": FBCConfig(freeze_encoder=True, **common),
     }
-    data = make_data(path, modes["frozen"], device=device, seed=0, cache_dir=Path("."))
+    data = make_data(path, device=device, seed=0, cache_dir=Path("."),
+                     chunk_length=modes["frozen"].chunk_length)
     print(data.describe())
     agents, datas = {}, {}
     for name, cfg in modes.items():

@@ -38,7 +38,9 @@ from benchmarks.bench_durotaxis import BenchConfig as DurotaxisBench  # noqa: E4
 from benchmarks.bench_durotaxis import env_steps_per_second, ppo_steps_per_second  # noqa: E402
 from encoders import EncoderConfig  # noqa: E402
 from envs.darkroom import NUM_ACTIONS  # noqa: E402
+from envs.darkroom.dataset import DarkroomSpec  # noqa: E402
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore  # noqa: E402
+from envs.lift.dataset import LiftSpec  # noqa: E402
 from training.cli import parse_config  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 from training.distributed import LossForward  # noqa: E402
@@ -90,13 +92,13 @@ class SyntheticLiftData:
         self.proprio = {k: torch.randn(frames, d, device=device, generator=gen)
                         for k, d in self.lowdim.items()}
         self.actions = torch.rand(frames, 16, 7, device=device, generator=gen) * 2 - 1
-        self.spec = {
-            "image_keys": list(self.cameras), "image_shape": [3, 84, 84],
-            "lowdim_keys": list(self.lowdim), "lowdim_dims": dict(self.lowdim),
-            "lowdim_mean": {k: [0.0] * d for k, d in self.lowdim.items()},
-            "lowdim_std": {k: [1.0] * d for k, d in self.lowdim.items()},
-            "action_dim": 7, "chunk_length": 16,
-        }
+        self.spec = LiftSpec(
+            image_keys=tuple(self.cameras), image_shape=(3, 84, 84),
+            lowdim_keys=tuple(self.lowdim), lowdim_dims=dict(self.lowdim),
+            lowdim_mean={k: [0.0] * d for k, d in self.lowdim.items()},
+            lowdim_std={k: [1.0] * d for k, d in self.lowdim.items()},
+            action_dim=7, chunk_length=16, env_args={}, horizon=400, dataset="synthetic",
+        )
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(self.num_samples, (batch_size,), generator=generator,
@@ -179,7 +181,7 @@ def bench_fbc(cfg: GPUBenchConfig, device: torch.device, syncs: dict) -> None:
         torch.manual_seed(0)
         agent = to_channels_last(FBCAgent(agent_cfg, data.spec, device), nhwc)
         NonFiniteGuard(agent.optimizer)
-        run_data = agent.prepare(data) if agent_cfg.freeze_encoder else data
+        run_data = agent.prepare(data) if agent_cfg.uses_feature_cache else data
         loss_fn = with_autocast(LossForward(agent, agent.loss), device, amp)
         rate = updates_per_sec(agent, run_data, loss_fn, cfg.fbc_batch, cfg, device)
         first = first or rate
@@ -194,8 +196,10 @@ def bench_fbc(cfg: GPUBenchConfig, device: torch.device, syncs: dict) -> None:
 
 
 def bench_ad(cfg: GPUBenchConfig, device: torch.device, syncs: dict) -> None:
-    spec = {"env": "darkroom", "grid_size": 9, "horizon": 20, "num_actions": NUM_ACTIONS}
-    windows = (ADConfig().context_episodes + 1) * spec["horizon"]
+    spec = DarkroomSpec(env="darkroom", grid_size=9, horizon=20, num_actions=NUM_ACTIONS,
+                        context_episodes=ADConfig().context_episodes, prefix_episodes=0,
+                        history_episodes=80)
+    windows = (ADConfig().context_episodes + 1) * spec.horizon
 
     class Windows:
         """A pool of random token windows of the AD window's length, on the device."""

@@ -8,6 +8,8 @@ was expected and what else the user can do.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +23,10 @@ _IMAGENET_WEIGHTS = {
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V2,
 }
+
+
+# The ImageNet files whose absence has been reported in this process.
+_WARNED: set[Path] = set()
 
 
 class ImageNetWeightsUnavailable(RuntimeError):
@@ -38,7 +44,10 @@ def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     expected = imagenet_cache_file(arch)
     try:
         # weights_only: torch.hub's default unpickles the cached file, which runs any code in it.
-        return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, weights_only=True)
+        # torch.hub writes "Downloading: ..." to stderr before it tries; offline that line only
+        # precedes our own message, so it is kept off the console.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, weights_only=True)
     except Exception as err:  # URLError, socket errors, HTTP errors, truncated files, pickles
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         where = (
@@ -64,10 +73,13 @@ def resolve_body_state(arch: str, weights: str) -> tuple[dict[str, torch.Tensor]
         try:
             return load_imagenet_state(arch), "imagenet"
         except ImageNetWeightsUnavailable as err:
-            message = f"weights=auto fell back to RANDOM init for {arch}: {err}"
-            warnings.warn(message, stacklevel=3)
-            print(f"\n!!! WARNING: {message}\n", flush=True)
-            return None, f"random (imagenet unavailable; expected {imagenet_cache_file(arch)})"
+            expected = imagenet_cache_file(arch)
+            if expected not in _WARNED:  # once per run, not once per camera or critic
+                _WARNED.add(expected)
+                message = f"weights=auto fell back to RANDOM init for {arch}: {err}"
+                warnings.warn(message, stacklevel=3)
+                print(f"\n!!! WARNING: {message}\n", flush=True)
+            return None, f"random (imagenet unavailable; expected {expected})"
     return load_state_from_path(weights), f"file:{weights}"
 
 

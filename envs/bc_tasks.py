@@ -16,21 +16,26 @@ from typing import Any
 
 @dataclass(frozen=True)
 class BCTask:
-    """One entry of the task table."""
+    """One entry of the task table (the contracts: training/contracts.py)."""
 
     name: str
     data: str
-    """The "module:function" making the data: f(dataset, agent_cfg, *, device, seed, cache_dir,
-    **options), e.g. envs/lift/dataset.py's make_data."""
+    """The "module:function" making the data (a BCData): f(dataset, *, device, seed,
+    cache_dir, **agent_fields, **data_options), e.g. envs/lift/dataset.py's make_data."""
     evaluator: str
-    """The "module:function" making the evaluation runner: f(spec, *, device, seed, num_workers,
-    video_dir, **options), e.g. envs/lift/evaluation.py's make_evaluator."""
+    """The "module:function" making the Evaluator: f(spec, *, device, seed, num_workers,
+    video_dir, **evaluator_options), e.g. envs/lift/evaluation.py's make_evaluator."""
     default_agent: str
     """Agent used when --agent is not given."""
     defaults: dict = field(default_factory=dict)
     """Training defaults (offline_steps, batch_size, ...) that suit this task."""
-    options: dict = field(default_factory=dict)
-    """Task-specific keyword arguments passed to the data and evaluator functions."""
+    data_options: dict = field(default_factory=dict)
+    """Task-specific keyword arguments of the data function (variant, horizon, env, ...)."""
+    evaluator_options: dict = field(default_factory=dict)
+    """Task-specific keyword arguments of the evaluator function."""
+    agent_fields: tuple[str, ...] = ()
+    """Agent settings the data is shaped by (e.g. chunk_length), read from --agent's
+    config and passed to the data function by name; an agent without them does not fit."""
 
     def load_data(self) -> Callable[..., Any]:
         """Import the function that makes the task's data."""
@@ -79,12 +84,13 @@ _DARKROOM_DEFAULTS = {
 }
 _DARKROOM_DATA = "envs.darkroom.dataset:make_data"
 _DARKROOM_EVALUATOR = "envs.darkroom.evaluation:make_evaluator"
-register_bc_task(BCTask("darkroom", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
-                        dict(_DARKROOM_DEFAULTS), {"env": "darkroom"}))
-register_bc_task(BCTask("darkroom-hard", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
-                        dict(_DARKROOM_DEFAULTS), {"env": "darkroom-hard"}))
-register_bc_task(BCTask("dark-key-to-door", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
-                        {**_DARKROOM_DEFAULTS, "eval_episodes": 60}, {"env": "dark-key-to-door"}))
+# The data windows are sized by the agent's context (and compressed prefix).
+_DARKROOM_AGENT_FIELDS = ("context_episodes", "compressed_episodes")
+for _env, _episodes in (("darkroom", 100), ("darkroom-hard", 100), ("dark-key-to-door", 60)):
+    register_bc_task(BCTask(_env, _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
+                            {**_DARKROOM_DEFAULTS, "eval_episodes": _episodes},
+                            data_options={"env": _env}, evaluator_options={"env": _env},
+                            agent_fields=_DARKROOM_AGENT_FIELDS))
 
 # ---- Lift: flow-matching BC on robomimic camera demos (envs/lift/)
 # Horizons are robomimic's (ph 400, mh 500). lift-ph/mh-image need --dataset: the real
@@ -99,11 +105,14 @@ _LIFT_DEFAULTS = {
 }
 _LIFT_DATA = "envs.lift.dataset:make_data"
 _LIFT_EVALUATOR = "envs.lift.evaluation:make_evaluator"
+# Training samples are action chunks of the agent's chunk_length.
 register_bc_task(BCTask("lift-scripted-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
                         {"variant": "scripted", "num_demos": 100, "operators": 3,
-                         "horizon": 400}))
+                         "horizon": 400}, agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-ph-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
-                        dict(_LIFT_DEFAULTS), {"variant": "ph", "horizon": 400}))
+                        dict(_LIFT_DEFAULTS), {"variant": "ph", "horizon": 400},
+                        agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
-                        dict(_LIFT_DEFAULTS), {"variant": "mh", "horizon": 500}))
+                        dict(_LIFT_DEFAULTS), {"variant": "mh", "horizon": 500},
+                        agent_fields=("chunk_length",)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_bc
 from agents.ad import ADAgent, ADConfig
 from agents.compressed_ad import (
     CompressedADAgent,
@@ -18,7 +19,7 @@ from agents.compressed_ad import (
     CompressedADPretrainConfig,
 )
 from envs.darkroom import DARKROOM, NUM_ACTIONS, DarkroomBatch, oracle_action, task_split
-from envs.darkroom.dataset import make_data
+from envs.darkroom.dataset import DarkroomSpec, make_data
 from envs.darkroom.evaluation import make_evaluator
 from envs.darkroom.histories import HistoriesConfig, generate_histories, save_histories
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -33,8 +34,16 @@ TINY_ENC = dict(compressed_episodes=2, n_latent=4, d_model=32, n_head=2, encoder
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def data_for_cache(cfg, cache_dir: Path):
+    return make_data(None, device=CPU, seed=0, cache_dir=cache_dir,
+                     context_episodes=cfg.context_episodes,
+                     compressed_episodes=cfg.compressed_episodes)
+
+
 def data_for(cfg, histories: Path):
-    return make_data(str(histories), cfg, device=CPU, seed=0, cache_dir=histories.parent)
+    return make_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
+                     context_episodes=cfg.context_episodes,
+                     compressed_episodes=cfg.compressed_episodes)
 
 
 def tiny_stage1(histories: Path, tmp_path: Path, **kw) -> Path:
@@ -110,7 +119,7 @@ def test_data_windows_are_episode_aligned_slices_of_the_histories(histories):
     hist = load_histories(histories)
     data = data_for(CompressedADConfig(context_episodes=1, compressed_episodes=2), histories)
     assert data.window == 4 * 20 and data.num_samples == 24 * 11
-    assert data.spec["prefix_episodes"] == 2 and data.spec["context_episodes"] == 1
+    assert data.spec.prefix_episodes == 2 and data.spec.context_episodes == 1
     batch = data.sample(64, torch.Generator().manual_seed(0))
     assert batch["obs"].shape == (64, 80, 2) and batch["actions"].shape == (64, 80)
     acts = torch.from_numpy(hist.actions).long()
@@ -224,20 +233,21 @@ class RandomAgent:
 
 
 def test_evaluator_scores_oracle_optimal_and_random_about_random(tmp_path):
-    spec = {"env": "darkroom", "grid_size": 9, "horizon": 20, "num_actions": 5}
+    spec = DarkroomSpec(env="darkroom", grid_size=9, horizon=20, num_actions=5,
+                        context_episodes=4, prefix_episodes=0, history_episodes=80)
     ev = make_evaluator(spec, device=CPU, seed=0, num_workers=1, video_dir=tmp_path,
                         env="darkroom", eval_seeds=64)
     tasks = task_split(DARKROOM, "test").repeat_interleave(64, 0)
     result = ev.run(OracleAgent(tasks), 2)
-    m = result["metrics"]
+    m = result.metrics
     assert m["eval/return"] == m["eval/optimal_return"] == 17.0
     assert m["eval/normalized_return"] == 1.0
-    assert result["plots"][0].is_file()
-    curve = json.loads(result["plots"][0].with_suffix(".json").read_text())
+    assert result.plots[0].is_file()
+    curve = json.loads(result.plots[0].with_suffix(".json").read_text())
     assert curve["return_per_episode"] == [17.0, 17.0]
-    rand = ev.run(RandomAgent(), 3)["metrics"]
+    rand = ev.run(RandomAgent(), 3).metrics
     assert abs(rand["eval/return_mean_over_episodes"] - rand["eval/random_return"]) < 0.15
-    assert ev.run(object(), 1)["metrics"] == {}  # stage-1 agents have no policy
+    assert ev.run(object(), 1).metrics == {}  # stage-1 agents have no policy
 
 
 def test_tiny_ad_training_and_evaluation_end_to_end(histories, tmp_path):
@@ -254,9 +264,9 @@ def test_tiny_ad_training_and_evaluation_end_to_end(histories, tmp_path):
                         env="darkroom", eval_seeds=2)
     a = ev.run(agent, 3)
     b = ev.run(agent, 3)
-    assert a["metrics"] == b["metrics"]  # seeded: the same rollouts every time
-    assert 0.0 <= a["metrics"]["eval/return"] <= 20.0
-    assert a["plots"][0].stat().st_size > 1000
+    assert a.metrics == b.metrics  # seeded: the same rollouts every time
+    assert 0.0 <= a.metrics["eval/return"] <= 20.0
+    assert a.plots[0].stat().st_size > 1000
 
 
 def _train_bc_in_process(monkeypatch, args: list[str]) -> dict:
@@ -312,11 +322,11 @@ def test_default_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch)
     tiny = HistoriesConfig(histories_per_task=1, max_tasks=4, episodes=6, progress=False)
     monkeypatch.setitem(dh.DEFAULT_CONFIGS, "darkroom", tiny)
     cfg = ADConfig(**TINY_AD)
-    first = make_data(None, cfg, device=CPU, seed=0, cache_dir=tmp_path)
+    first = data_for_cache(cfg, tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2 and files[0].endswith(".npz") and files[1].endswith(".png")
     stamp = (tmp_path / files[0]).stat().st_mtime_ns
-    second = make_data(None, cfg, device=CPU, seed=0, cache_dir=tmp_path)
+    second = data_for_cache(cfg, tmp_path)
     assert (tmp_path / files[0]).stat().st_mtime_ns == stamp
     assert torch.equal(first.actions, second.actions) and first.num_samples == 4 * 5
 
@@ -325,6 +335,11 @@ def test_histories_on_held_out_tasks_are_refused_as_training_data(tmp_path):
     cfg = HistoriesConfig(split="test", histories_per_task=1, episodes=3, progress=False)
     path = save_histories(tmp_path / "test_goals.npz", generate_histories(cfg, CPU))
     with pytest.raises(ValueError, match="held-out test tasks"):
-        make_data(str(path), ADConfig(**TINY_AD), device=CPU, seed=0, cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="has no context_episodes"):
-        make_data(str(path), object(), device=CPU, seed=0, cache_dir=tmp_path)
+        data_for(ADConfig(**TINY_AD), path)
+
+
+def test_an_agent_that_does_not_fit_the_task_is_one_line(histories):
+    with pytest.raises(ValueError, match="--agent=fbc does not fit --env_name=darkroom: its data "
+                                         "is shaped by the agent's context_episodes"):
+        train_bc.train(train_bc.parse_args(["--env_name=darkroom", "--agent=fbc",
+                                            f"--dataset={histories}", "--device=cpu"]))

@@ -78,7 +78,7 @@ def tiny_lift_task():
     """The real Lift task module at 32x32 images (the registered tasks use 84x84)."""
     task = bc_tasks.BCTask(
         "lift-tiny", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator", "fbc",
-        {}, {"variant": "scripted", "image_size": IMAGE}
+        {}, {"variant": "scripted", "image_size": IMAGE}, agent_fields=("chunk_length",)
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(bc_tasks.BC_TASKS, "lift-tiny", task)
@@ -538,7 +538,8 @@ def test_inconsistent_options_are_one_line_errors(
     message = cli_error(
         monkeypatch, capsys, "--agent=ad", *fbc_args(lift_file, FBC[:1] + COMMON), *resume
     )
-    assert "ADConfig has no chunk_length: Lift tasks train action-chunk image agents" in message
+    assert ("--agent=ad does not fit --env_name=lift-tiny: its data is shaped by the agent's "
+            "chunk_length") in message
     message = cli_error(monkeypatch, capsys, "--agent=nope", "--env_name=lift-tiny")
     assert message.startswith("error: unknown agent 'nope'; known: ad, compressed_ad")
     message = cli_error(

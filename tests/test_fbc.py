@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.fbc import CachedFeatureData, FBCAgent, FBCConfig, crop_images
-from envs.lift.dataset import make_data
+from envs.lift.dataset import LiftSpec, make_data
 from tests.test_lift_data import write_synthetic
 
 CPU = torch.device("cpu")
@@ -16,17 +16,20 @@ CAMS = ["agentview_image", "robot0_eye_in_hand_image"]
 LOWDIM = {"robot0_eef_pos": 3, "robot0_gripper_qpos": 2}
 
 
-def small_spec(image_size: int = 32, chunk: int = 4, cams=CAMS, lowdim=LOWDIM) -> dict:
-    return {
-        "image_keys": list(cams),
-        "image_shape": [3, image_size, image_size],
-        "lowdim_keys": list(lowdim),
-        "lowdim_dims": dict(lowdim),
-        "lowdim_mean": {k: [0.0] * d for k, d in lowdim.items()},
-        "lowdim_std": {k: [1.0] * d for k, d in lowdim.items()},
-        "action_dim": 7,
-        "chunk_length": chunk,
-    }
+def small_spec(image_size: int = 32, chunk: int = 4, cams=CAMS, lowdim=LOWDIM) -> LiftSpec:
+    return LiftSpec(
+        image_keys=tuple(cams),
+        image_shape=(3, image_size, image_size),
+        lowdim_keys=tuple(lowdim),
+        lowdim_dims=dict(lowdim),
+        lowdim_mean={k: [0.0] * d for k, d in lowdim.items()},
+        lowdim_std={k: [1.0] * d for k, d in lowdim.items()},
+        action_dim=7,
+        chunk_length=chunk,
+        env_args={},
+        horizon=40,
+        dataset="",
+    )
 
 
 def small_cfg(**kw) -> FBCConfig:
@@ -43,13 +46,13 @@ def small_cfg(**kw) -> FBCConfig:
     return FBCConfig(**{**base, **kw})
 
 
-def fake_batch(spec: dict, b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+def fake_batch(spec: LiftSpec, b: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    size = spec["image_shape"][-1]
-    batch = {f"obs/{k}": torch.rand(b, 3, size, size, generator=g) for k in spec["image_keys"]}
-    for k, d in spec["lowdim_dims"].items():
+    size = spec.image_shape[-1]
+    batch = {f"obs/{k}": torch.rand(b, 3, size, size, generator=g) for k in spec.image_keys}
+    for k, d in spec.lowdim_dims.items():
         batch[f"obs/{k}"] = torch.randn(b, d, generator=g)
-    batch["actions"] = torch.rand(b, spec["chunk_length"], 7, generator=g) * 2 - 1
+    batch["actions"] = torch.rand(b, spec.chunk_length, 7, generator=g) * 2 - 1
     return batch
 
 
@@ -75,8 +78,7 @@ def test_loss_and_sampling_shapes():
 def test_sampler_reproduces_a_bimodal_target():
     """1-D actions that are -0.7 or +0.7 with equal odds: samples land on both modes."""
     torch.manual_seed(0)
-    spec = small_spec(cams=[], lowdim={"x": 1}, chunk=1)
-    spec["action_dim"] = 1
+    spec = dataclasses.replace(small_spec(cams=[], lowdim={"x": 1}, chunk=1), action_dim=1)
     cfg = small_cfg(
         chunk_length=1, action_horizon=1, hidden_dim=128, num_layers=3, lr=3e-3, ema=False
     )
@@ -186,7 +188,8 @@ def test_random_crop_shapes_and_centre():
 def test_cached_features_equal_live_features(tmp_path):
     path = write_synthetic(tmp_path / "d.hdf5", lengths=(6, 5))
     cfg = small_cfg(freeze_encoder=True, cache_batch_size=4)
-    data = make_data(str(path), cfg, device=CPU, seed=0, cache_dir=tmp_path)
+    data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
+                         chunk_length=cfg.chunk_length)
     torch.manual_seed(0)
     cached_agent = FBCAgent(cfg, data.spec, CPU)
     torch.manual_seed(0)
@@ -220,7 +223,8 @@ def test_cached_features_equal_live_features(tmp_path):
 def test_cache_is_off_when_it_would_be_wrong(tmp_path):
     path = write_synthetic(tmp_path / "d.hdf5", lengths=(3,))
     for cfg in (small_cfg(freeze_encoder=False), small_cfg(freeze_encoder=True, random_crop=True)):
-        data = make_data(str(path), cfg, device=CPU, seed=0, cache_dir=tmp_path)
+        data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
+                         chunk_length=cfg.chunk_length)
         assert FBCAgent(cfg, data.spec, CPU).prepare(data) is data
 
 

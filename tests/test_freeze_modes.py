@@ -30,7 +30,7 @@ def test_fbc_partial_freeze_trains_exactly_the_unfrozen_body_part(mode):
     cfg = small_cfg(encoder=EncoderConfig(weights="random", freeze_mode=mode))
     assert cfg.encoder_config.freeze_mode == mode and not cfg.uses_feature_cache
     agent = FBCAgent(cfg, spec, CPU)
-    bodies = [agent.policy.encoder.body(k).backbone for k in spec["image_keys"]]
+    bodies = [agent.policy.encoder.body(k).backbone for k in spec.image_keys]
     assert len({id(b) for b in bodies}) == 2
 
     groups = {g["name"]: g["params"] for g in agent.optimizer.param_groups}
@@ -54,13 +54,13 @@ def test_fbc_partial_freeze_trains_exactly_the_unfrozen_body_part(mode):
         assert torch.equal(before[name], after[name]), f"{name} moved"
     trained = [
         f"{key}.backbone.{n}"
-        for key, body in zip(spec["image_keys"], bodies, strict=True)
+        for key, body in zip(spec.image_keys, bodies, strict=True)
         for n, _ in body.named_parameters()
         if n.startswith(trained_prefix)
     ]
     for name in trained:
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    bn = f"{spec['image_keys'][0]}.backbone.layer4.1.bn2.running_mean"
+    bn = f"{spec.image_keys[0]}.backbone.layer4.1.bn2.running_mean"
     assert not torch.equal(before[bn], after[bn])  # trained BatchNorm keeps its statistics live
 
 

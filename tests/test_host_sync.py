@@ -63,14 +63,18 @@ def step_twice(agent, data) -> None:
 
 def test_ad_update_has_no_host_read(histories):
     cfg = ADConfig(context_episodes=1, d_model=32, n_layer=1, n_head=2, lr_decay_steps=100)
-    data = make_darkroom_data(str(histories), cfg, device=CPU, seed=0, cache_dir=histories.parent)
+    data = make_darkroom_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
+                              context_episodes=cfg.context_episodes,
+                              compressed_episodes=cfg.compressed_episodes)
     step_twice(ADAgent(cfg, data.spec, CPU), data)
 
 
 def test_compressed_ad_update_has_no_host_read(histories):
     cfg = CompressedADPretrainConfig(compressed_episodes=2, n_latent=4, d_model=32, n_head=2,
                                      encoder_layers=1, recon_layers=1)
-    data = make_darkroom_data(str(histories), cfg, device=CPU, seed=0, cache_dir=histories.parent)
+    data = make_darkroom_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
+                              context_episodes=cfg.context_episodes,
+                              compressed_episodes=cfg.compressed_episodes)
     step_twice(CompressedADPretrainAgent(cfg, data.spec, CPU), data)
 
 
@@ -78,7 +82,8 @@ def test_compressed_ad_update_has_no_host_read(histories):
 def test_fbc_update_has_no_host_read(tmp_path, freeze):
     path = write_synthetic(tmp_path / "d.hdf5", lengths=(6, 5))
     cfg = small_cfg(freeze_encoder=freeze)
-    data = make_lift_data(str(path), cfg, device=CPU, seed=0, cache_dir=tmp_path)
+    data = make_lift_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
+                          chunk_length=cfg.chunk_length)
     agent = FBCAgent(cfg, data.spec, CPU)
     step_twice(agent, agent.prepare(data))  # frozen: from the feature cache
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -100,11 +99,9 @@ def test_make_data_matches_robomimic_items(tmp_path):
     from robomimic.utils.dataset import SequenceDataset
 
     path = write_synthetic(tmp_path / "demo.hdf5")
-    data = make_data(
-        str(path), SimpleNamespace(chunk_length=16), device=CPU, seed=0, cache_dir=tmp_path
-    )
+    data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path, chunk_length=16)
     assert data.num_samples == 39
-    assert data.spec["image_shape"] == [3, 84, 84] and data.spec["action_dim"] == 7
+    assert data.spec.image_shape == (3, 84, 84) and data.spec.action_dim == 7
     batch = data.batch(torch.tensor([0, 11, 12, 38]))
     assert batch["obs/agentview_image"].shape == (4, 3, 84, 84)
     assert batch["obs/agentview_image"].dtype == torch.float32
@@ -134,10 +131,10 @@ def test_missing_file_is_a_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist") as err:
         make_data(
             str(tmp_path / "nope.hdf5"),
-            SimpleNamespace(chunk_length=4),
             device=CPU,
             seed=0,
             cache_dir=tmp_path,
+            chunk_length=4,
         )
     assert "\n" not in str(err.value)
 
@@ -145,18 +142,14 @@ def test_missing_file_is_a_one_line_error(tmp_path):
 def test_missing_obs_key_names_the_key_and_the_render_command(tmp_path):
     path = write_synthetic(tmp_path / "lowdim.hdf5", skip_key="agentview_image")
     with pytest.raises(ValueError, match="'agentview_image'") as err:
-        make_data(
-            str(path), SimpleNamespace(chunk_length=4), device=CPU, seed=0, cache_dir=tmp_path
-        )
+        make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path, chunk_length=4)
     assert "envs.lift.demos render" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_wrong_image_size_is_named(tmp_path):
     path = write_synthetic(tmp_path / "big.hdf5", image_size=96)
     with pytest.raises(ValueError, match="96x96x3, expected uint8 84x84x3") as err:
-        make_data(
-            str(path), SimpleNamespace(chunk_length=4), device=CPU, seed=0, cache_dir=tmp_path
-        )
+        make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path, chunk_length=4)
     assert "\n" not in str(err.value)
 
 
@@ -165,9 +158,7 @@ def test_not_a_robomimic_file(tmp_path):
     with h5py.File(path, "w") as f:
         f["x"] = np.zeros(3)
     with pytest.raises(ValueError, match="not a robomimic file"):
-        make_data(
-            str(path), SimpleNamespace(chunk_length=4), device=CPU, seed=0, cache_dir=tmp_path
-        )
+        make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path, chunk_length=4)
 
 
 @pytest.mark.parametrize("variant", ["ph", "mh"])
@@ -175,10 +166,10 @@ def test_real_variants_need_dataset_and_say_where_to_get_it(tmp_path, variant):
     with pytest.raises(FileNotFoundError) as err:
         make_data(
             None,
-            SimpleNamespace(chunk_length=4),
             device=CPU,
             seed=0,
             cache_dir=tmp_path,
+            chunk_length=4,
             variant=variant,
         )
     message = str(err.value)

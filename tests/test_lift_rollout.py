@@ -73,6 +73,7 @@ def test_generate_train_and_roll_out(tmp_path):
                 "fbc",
                 {},
                 {"variant": "scripted", "horizon": 40},
+                agent_fields=("chunk_length",),
             )
         )
     data = tmp_path / "two.hdf5"

@@ -17,7 +17,8 @@ CPU = torch.device("cpu")
 def test_fbc_update_in_bf16_channels_last_keeps_fp32_state(tmp_path, one_torch_thread):
     path = write_synthetic(tmp_path / "d.hdf5", lengths=(6, 5))
     cfg = small_cfg(freeze_encoder=False)
-    data = make_data(str(path), cfg, device=CPU, seed=0, cache_dir=tmp_path)
+    data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
+                     chunk_length=cfg.chunk_length)
     agent = to_channels_last(FBCAgent(cfg, data.spec, CPU), True)
     conv = next(iter(agent.policy.encoder.bodies.values())).backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)

@@ -184,13 +184,6 @@ def test_resume_with_a_larger_budget_is_accepted_and_recorded(tmp_path, finished
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 16
 
 
-def test_resume_with_a_smaller_budget_is_refused(tmp_path, capsys, finished_run):
-    out = copy_of(finished_run, tmp_path)
-    code, message = run_cli([*TINY, "--ppo.total_timesteps=4", f"--output_dir={out}",
-                             "--resume=True"], capsys)
-    assert_one_line_error(code, message, "--ppo.total_timesteps saved 8, now 4")
-
-
 # ----- one process per run directory ------------------------------------------------------------
 
 
@@ -363,3 +356,34 @@ def test_verify_frozen_fails_on_a_prefix_with_no_frozen_tensors(capsys, finished
     assert verify_frozen_main([ckpt, "--source", ckpt, "--prefix", "no.such.prefix."]) == 1
     assert "start with --prefix 'no.such.prefix.'" in capsys.readouterr().out
     assert verify_frozen_main([ckpt, "--source", ckpt]) == 0
+
+
+# ----- checkpoints from before the harness ------------------------------------------------------
+
+
+def test_a_checkpoint_in_the_old_bc_layout_resumes(tmp_path, histories):
+    out = tmp_path / "run"
+    args = [*AD_TINY, f"--dataset={histories}", f"--output_dir={out}"]
+    train_bc.train(train_bc.parse_args(args))
+    path = out / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    extra = ckpt["extra"]
+    # The first version: one RNG at the top, the count under another name, no ranks.
+    ckpt["extra"] = {"sampler": extra["sampler"], "skipped_nonfinite": 0}
+    torch.save(ckpt, path)
+    config = json.loads((out / "config.json").read_text())
+    config.update(config.pop("run"))  # its settings were top-level then
+    (out / "config.json").write_text(json.dumps(config))
+    train_bc.train(train_bc.parse_args([*args, "--offline_steps=4", "--resume=True"]))
+    assert load_checkpoint(path)["step"] == 4
+    assert len(load_checkpoint(path)["extra"]["ranks"]) == 1
+
+
+def test_a_checkpoint_in_an_unknown_layout_is_one_line(tmp_path, capsys, finished_run):
+    out = copy_of(finished_run, tmp_path)
+    path = out / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["extra"] = {"ranks": "not a list"}
+    torch.save(ckpt, path)
+    code, message = run_cli([*TINY, f"--output_dir={out}", "--resume=True"], capsys)
+    assert_one_line_error(code, message, "is not in a known layout")

@@ -7,8 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from training.contracts import EvalResult
 from training.diagnostics import grad_norms
 from training.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """The toy data's spec: input size."""
+
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -24,9 +32,9 @@ class ToyConfig:
 
 
 class ToyAgent(nn.Module):
-    def __init__(self, cfg: ToyConfig, spec: dict, device: torch.device) -> None:
+    def __init__(self, cfg: ToyConfig, spec: ToySpec, device: torch.device) -> None:
         super().__init__()
-        self.encoder = nn.Linear(spec["dim"], 8)
+        self.encoder = nn.Linear(spec.dim, 8)
         self.head = nn.Linear(8, 1)
         self.encoder.requires_grad_(not cfg.freeze_encoder)
         self.nan_at_update = cfg.nan_at_update
@@ -57,13 +65,16 @@ class ToyAgent(nn.Module):
     def components(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "head": self.head}
 
+    def prepare(self, data: ToyData) -> ToyData:
+        return data
+
 
 class ToyData:
     def __init__(self, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(256, 4, generator=g)
         self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-        self.spec = {"dim": 4}
+        self.spec = ToySpec(dim=4)
         self.num_samples = 256
 
     def describe(self) -> str:
@@ -82,17 +93,17 @@ class ToyEvaluator:
 
     def run(self, agent: ToyAgent, num_episodes: int) -> dict:
         err = (agent.act(self.data.x) - self.data.y).pow(2).mean().item()
-        return {"metrics": {"eval/mse": err}, "video": None, "plots": []}
+        return EvalResult({"eval/mse": err})
 
     def close(self) -> None:
         pass
 
 
-def make_data(dataset, agent_cfg, *, device, seed, cache_dir, **options) -> ToyData:
+def make_data(dataset, *, device, seed, cache_dir) -> ToyData:
     if dataset is not None:
         raise FileNotFoundError(f"toy dataset {dataset} does not exist")
     return ToyData(seed)
 
 
-def make_evaluator(spec, *, device, seed, num_workers, video_dir, **options) -> ToyEvaluator:
+def make_evaluator(spec, *, device, seed, num_workers, video_dir) -> ToyEvaluator:
     return ToyEvaluator(ToyData(seed))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -66,7 +67,14 @@ def one_line(tyro_message: str) -> str:
         if rule or text.startswith(("For full helptext", "Argument helptext")):
             break
         kept.append(text)
-    return f"{' '.join(kept) or tyro_message.strip()} (see --help)"
+    text = " ".join(kept) or tyro_message.strip()
+    choice = re.fullmatch(r"invalid choice (.+?) for argument '--(\S+?)'\. Expected one of "
+                          r"\((.*)\)\.", text)
+    if choice:  # the wording the configs' own checks use: "unknown arch 'resnet99'; ..."
+        value, flag, options = choice.groups()
+        options = ", ".join(o.strip(" '\"") for o in options.split(","))
+        return f"unknown {flag.split('.')[-1]} {value} (--{flag}); choose one of {options}"
+    return f"{text} (see --help)"
 
 
 def pop_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:

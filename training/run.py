@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -66,6 +66,8 @@ from training.run_dir import (
 )
 from training.seeding import seed_everything
 from training.settings import RunSettings, flag_values, resume_changes
+
+T = TypeVar("T")
 
 
 class EvaluationFailed(Exception):
@@ -342,7 +344,7 @@ class Run:
                 f"continue with --output_dir={self.dir} --resume=True"
             )
 
-    def evaluate(self, step: int, evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+    def evaluate(self, step: int, evaluate: Callable[[], T]) -> T:
         """Run an evaluation; if it fails, say so in one line naming the saved weights.
 
         Entry scripts save before they evaluate, so a crashing evaluator costs no training.

@@ -4,7 +4,7 @@
 `--output_dir`, `--resume`, `--save_interval`, ...), so both scripts spell them alike.
 
 A resumed run must be the same run: the settings that define it must match the saved
-`config.json`. A short allow-list may differ (a longer budget, how often to log, evaluate
+`config.json`. A short allow-list may differ (the step budget, how often to log, evaluate
 or save, evaluation size, device, threads, precision, wandb mode, video).
 """
 
@@ -17,7 +17,8 @@ from typing import Any, Literal
 from training.ranges import at_least
 
 # Flags (dataclass paths with the `run.` prefix left out, as users type them) that a
-# resumed run may change. Budgets may only grow: see `resume_changes`.
+# resumed run may change. A budget may change either way (finish a pre-empted long run
+# early, or extend one); the change is recorded in config.json under `resumes`.
 RESUMABLE_CHANGES = {
     "offline_steps",
     "ppo.total_timesteps",
@@ -41,7 +42,6 @@ RESUMABLE_CHANGES = {
     "wandb.group",
     "wandb.init_timeout",
 }
-GROWING_BUDGETS = {"offline_steps", "ppo.total_timesteps"}
 # Spellings of earlier versions, so that their config.json files compare.
 LEGACY_FLAGS = {"checkpoint_every": "save_interval"}
 
@@ -120,12 +120,7 @@ def resume_changes(saved: dict[str, Any], new: Any) -> dict[str, tuple[Any, Any]
         for flag, value in after.items()
         if flag in before and _normal(before[flag]) != _normal(value)
     }
-    refused = {
-        flag: pair
-        for flag, pair in changed.items()
-        if flag not in RESUMABLE_CHANGES
-        or (flag in GROWING_BUDGETS and pair[1] is not None and pair[1] < pair[0])
-    }
+    refused = {flag: pair for flag, pair in changed.items() if flag not in RESUMABLE_CHANGES}
     if refused:
         listed = "; ".join(f"--{f} saved {a!r}, now {b!r}" for f, (a, b) in refused.items())
         raise ValueError(

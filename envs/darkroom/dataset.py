@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,24 @@ from envs.darkroom.histories import (
     plot_history_returns,
     save_histories,
 )
+
+
+@dataclass(frozen=True)
+class DarkroomSpec:
+    """What the agent and the evaluator learn about a learning-history dataset."""
+
+    env: str
+    """darkroom | darkroom-hard | dark-key-to-door."""
+    grid_size: int
+    horizon: int
+    """Steps per episode."""
+    num_actions: int
+    context_episodes: int
+    """Complete episodes before the current one in a window."""
+    prefix_episodes: int
+    """Older episodes before those (compressed-context AD); 0 for AD."""
+    history_episodes: int
+    """Episodes per learning history in the file."""
 
 
 class DarkroomHistoryData:
@@ -55,15 +74,15 @@ class DarkroomHistoryData:
         self.starts_per_history = self.episodes - context_episodes
         self.window_episodes = prefix_episodes + context_episodes + 1
         self.window = self.window_episodes * self.horizon
-        self.spec = {
-            "env": grid.name,
-            "grid_size": grid.size,
-            "horizon": grid.horizon,
-            "num_actions": NUM_ACTIONS,
-            "context_episodes": context_episodes,
-            "prefix_episodes": prefix_episodes,
-            "history_episodes": self.episodes,
-        }
+        self.spec = DarkroomSpec(
+            env=grid.name,
+            grid_size=grid.size,
+            horizon=grid.horizon,
+            num_actions=NUM_ACTIONS,
+            context_episodes=context_episodes,
+            prefix_episodes=prefix_episodes,
+            history_episodes=self.episodes,
+        )
 
     @property
     def num_samples(self) -> int:
@@ -128,14 +147,12 @@ def _histories_for(env: str, dataset: str | None, cache_dir: Path,
     return load_histories(path), str(path)
 
 
-def make_data(dataset: str | None, agent_cfg, *, device: torch.device, seed: int,
-              cache_dir: Path, env: str = "darkroom", **options) -> DarkroomHistoryData:
-    """Histories for `env` as windows sized by the agent's context (see module docstring)."""
-    if not hasattr(agent_cfg, "context_episodes"):
-        raise ValueError(
-            f"{type(agent_cfg).__name__} has no context_episodes: Dark Room tasks train "
-            f"in-context agents (ad, compressed_ad, compressed_ad_pretrain)"
-        )
+def make_data(dataset: str | None, *, device: torch.device, seed: int, cache_dir: Path,
+              context_episodes: int, compressed_episodes: int,
+              env: str = "darkroom") -> DarkroomHistoryData:
+    """Histories for `env` as windows of the agent's context: `compressed_episodes` older
+    episodes, `context_episodes` complete ones and the current one (see the module
+    docstring). `seed` (the training seed) does not change the data."""
     hist, source = _histories_for(env, dataset, cache_dir, device)
     test = {tuple(t) for t in task_split(get_grid(env), "test").tolist()}
     leaked = sum(tuple(t) in test for t in hist.tasks.tolist())
@@ -143,8 +160,8 @@ def make_data(dataset: str | None, agent_cfg, *, device: torch.device, seed: int
         raise ValueError(f"{source} has {leaked} histories on held-out test tasks")
     return DarkroomHistoryData(
         hist,
-        context_episodes=agent_cfg.context_episodes,
-        prefix_episodes=getattr(agent_cfg, "compressed_episodes", 0),
+        context_episodes=context_episodes,
+        prefix_episodes=compressed_episodes,
         device=device,
         source=source,
     )

@@ -12,21 +12,37 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from envs.darkroom.dataset import DarkroomSpec
 from envs.darkroom.env import DarkroomBatch
 from envs.darkroom.grids import get_grid, optimal_returns, random_returns, task_split
+from training.contracts import EvalResult
+
+
+@runtime_checkable
+class InContextPolicy(Protocol):
+    """What in-context rollouts need of an agent (AD and compressed AD are ones)."""
+
+    def reset_context(self, num_envs: int, *, generator: torch.Generator | None = None) -> None:
+        """Start `num_envs` empty contexts."""
+        ...
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{obs, prev_action, prev_reward} of every env -> the next actions (B)."""
+        ...
 
 
 class InContextEvaluator:
     """All test tasks x seeds in one batch, episodes in sequence, context kept throughout."""
 
-    def __init__(self, spec: dict, *, device: torch.device, seed: int, eval_seeds: int,
+    def __init__(self, spec: DarkroomSpec, *, device: torch.device, seed: int, eval_seeds: int,
                  plot_dir: Path | None) -> None:
-        self.grid = get_grid(spec["env"])
+        self.grid = get_grid(spec.env)
         self.device = device
         self.seed = seed
         self.eval_seeds = eval_seeds
@@ -37,7 +53,7 @@ class InContextEvaluator:
         self.calls = 0
 
     @torch.no_grad()
-    def rollout(self, agent, num_episodes: int) -> torch.Tensor:
+    def rollout(self, agent: InContextPolicy, num_episodes: int) -> torch.Tensor:
         """Returns of every in-context episode: episodes x test tasks x seeds (on the host)."""
         n_tasks = len(self.test_tasks)
         tasks = self.test_tasks.repeat_interleave(self.eval_seeds, 0)
@@ -60,12 +76,12 @@ class InContextEvaluator:
                 returns[episode] += prev_reward
         return returns.cpu().view(num_episodes, n_tasks, self.eval_seeds)
 
-    def run(self, agent, num_episodes: int) -> dict:
+    def run(self, agent: object, num_episodes: int) -> EvalResult:
         """Roll out, then summarise: metrics, the return curve (PNG) and its numbers (JSON)."""
-        if not hasattr(agent, "reset_context"):
+        if not isinstance(agent, InContextPolicy):
             # Stage-1 compressed-AD pretraining has no policy to roll out.
             tqdm.write(f"{type(agent).__name__} does not act in context: no evaluation")
-            return {"metrics": {}, "video": None, "plots": []}
+            return EvalResult({})
         returns = self.rollout(agent, num_episodes)
         per_task = returns.mean(2)  # episodes x tasks
         curve = per_task.mean(1)
@@ -84,7 +100,7 @@ class InContextEvaluator:
         }
         plots = self._write_curve(curve.numpy(), per_task.numpy())
         self.calls += 1
-        return {"metrics": metrics, "video": None, "plots": plots}
+        return EvalResult(metrics, plots=tuple(plots))
 
     def _write_curve(self, curve: np.ndarray, per_task: np.ndarray) -> list[Path]:
         import matplotlib
@@ -127,11 +143,11 @@ class InContextEvaluator:
         """Nothing to release (no worker processes)."""
 
 
-def make_evaluator(spec: dict, *, device: torch.device, seed: int, num_workers: int,
-                   video_dir: Path | None, env: str = "darkroom", eval_seeds: int = 16,
-                   **options) -> InContextEvaluator:
+def make_evaluator(spec: DarkroomSpec, *, device: torch.device, seed: int, num_workers: int,
+                   video_dir: Path | None, env: str = "darkroom",
+                   eval_seeds: int = 16) -> InContextEvaluator:
     """In-context evaluation on the held-out tasks (num_workers is unused: one batch)."""
-    if spec["env"] != env:
-        raise ValueError(f"data is {spec['env']} but the task is {env}")
+    if spec.env != env:
+        raise ValueError(f"data is {spec.env} but the task is {env}")
     return InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
                               plot_dir=None if video_dir is None else Path(video_dir))

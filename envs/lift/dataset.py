@@ -11,6 +11,7 @@ evaluation of these tasks is in envs/lift/evaluation.py.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,6 +24,30 @@ IMAGE_KEYS = tuple(f"{cam}_image" for cam in CAMERAS)
 # Action size of a one-arm robosuite robot per controller, gripper included (robomimic's
 # lift files: Panda + OSC_POSE, 6 pose deltas + gripper = 7).
 CONTROLLER_ACTION_DIMS = {"OSC_POSE": 7, "OSC_POSITION": 4, "IK_POSE": 7}
+
+
+@dataclass(frozen=True)
+class LiftSpec:
+    """What the agent and the evaluator learn about a Lift dataset."""
+
+    image_keys: tuple[str, ...]
+    """Camera observation keys, e.g. agentview_image."""
+    image_shape: tuple[int, int, int]
+    """C x H x W of every camera's images."""
+    lowdim_keys: tuple[str, ...]
+    """Proprioceptive keys, e.g. robot0_eef_pos."""
+    lowdim_dims: dict[str, int]
+    lowdim_mean: dict[str, list[float]]
+    """Per-key statistics over the training frames (the agent normalises with them)."""
+    lowdim_std: dict[str, list[float]]
+    action_dim: int
+    chunk_length: int
+    """Actions per training sample."""
+    env_args: dict
+    """robomimic's env_args of the file: the rollout env is built from them."""
+    horizon: int
+    """Rollout steps before an episode counts as failed."""
+    dataset: str
 
 
 def env_action_dim(env_args: dict) -> int | None:
@@ -196,19 +221,19 @@ class LiftData:
                 f"dataset {path}: actions leave [-1, 1] (max |a| {np.abs(actions).max():.3g})"
             )
         lowdim = {k: self.frames[k] for k in lowdim_keys}
-        self.spec = {
-            "image_keys": list(image_keys),
-            "image_shape": [3, image_size, image_size],
-            "lowdim_keys": list(lowdim_keys),
-            "lowdim_dims": {k: int(v.shape[1]) for k, v in lowdim.items()},
-            "lowdim_mean": {k: v.mean(0).tolist() for k, v in lowdim.items()},
-            "lowdim_std": {k: v.std(0).tolist() for k, v in lowdim.items()},
-            "action_dim": int(actions.shape[-1]),
-            "chunk_length": chunk_length,
-            "env_args": env_args,
-            "horizon": horizon,
-            "dataset": str(path),
-        }
+        self.spec = LiftSpec(
+            image_keys=tuple(image_keys),
+            image_shape=(3, image_size, image_size),
+            lowdim_keys=tuple(lowdim_keys),
+            lowdim_dims={k: int(v.shape[1]) for k, v in lowdim.items()},
+            lowdim_mean={k: v.mean(0).tolist() for k, v in lowdim.items()},
+            lowdim_std={k: v.std(0).tolist() for k, v in lowdim.items()},
+            action_dim=int(actions.shape[-1]),
+            chunk_length=chunk_length,
+            env_args=env_args,
+            horizon=horizon,
+            dataset=str(path),
+        )
 
     def describe(self) -> str:
         """One line about the data."""
@@ -252,11 +277,11 @@ def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: 
 
 def make_data(
     dataset: str | None,
-    agent_cfg,
     *,
     device: torch.device,
     seed: int,
     cache_dir: Path,
+    chunk_length: int,
     variant: str = "scripted",
     num_demos: int = 100,
     operators: int = 3,
@@ -266,17 +291,12 @@ def make_data(
     image_keys: tuple[str, ...] = IMAGE_KEYS,
     lowdim_keys: tuple[str, ...] = LOWDIM_KEYS,
     image_size: int = IMAGE_SIZE,
-    **_: object,
 ) -> LiftData:
-    """Lift demos as chunked training data; dataset None = generated scripted demos.
+    """Lift demos as training samples of `chunk_length` actions; dataset None = generated
+    scripted demos. `seed` (the training seed) does not change the data.
 
     The real robomimic files cannot be downloaded here: lift-ph/mh-image need --dataset.
     """
-    if not hasattr(agent_cfg, "chunk_length"):
-        raise ValueError(
-            f"{type(agent_cfg).__name__} has no chunk_length: Lift tasks train action-chunk "
-            f"image agents (fbc)"
-        )
     if dataset is None:
         if variant != "scripted":
             url = _robomimic_url(variant)
@@ -292,7 +312,7 @@ def make_data(
     try:
         return LiftData(
             path,
-            chunk_length=int(agent_cfg.chunk_length),
+            chunk_length=int(chunk_length),
             image_keys=tuple(image_keys),
             lowdim_keys=tuple(lowdim_keys),
             image_size=image_size,

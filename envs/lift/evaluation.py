@@ -11,11 +11,21 @@ import json
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from envs.lift.dataset import process_obs
+from envs.lift.dataset import LiftSpec, process_obs
+from training.contracts import EvalResult
+
+
+class ChunkPolicy(Protocol):
+    """What the rollouts need of a policy (fbc's agent is one)."""
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Processed obs/<key> batch -> B x actions-to-execute x action_dim."""
+        ...
 
 
 class EpisodeRunner:
@@ -106,7 +116,7 @@ class LiftEvaluator:
 
     def __init__(
         self,
-        spec: dict,
+        spec: LiftSpec,
         *,
         device: torch.device,
         seed: int,
@@ -116,13 +126,13 @@ class LiftEvaluator:
     ) -> None:
         self.device = device
         self.seed = seed
-        self.image_keys = tuple(spec["image_keys"])
-        self.lowdim_keys = tuple(spec["lowdim_keys"])
-        self.horizon = int(horizon or spec["horizon"])
+        self.image_keys = tuple(spec.image_keys)
+        self.lowdim_keys = tuple(spec.lowdim_keys)
+        self.horizon = int(horizon or spec.horizon)
         self.video_dir = Path(video_dir) if video_dir is not None else None
-        env_args = json.loads(json.dumps(spec["env_args"]))
+        env_args = json.loads(json.dumps(spec.env_args))
         kwargs = env_args["env_kwargs"]
-        size = spec["image_shape"][-1]
+        size = spec.image_shape[-1]
         # Rollout cameras are the data's, whatever the file's env_args said.
         kwargs.update(
             camera_names=[k[: -len("_image")] for k in self.image_keys],
@@ -163,7 +173,7 @@ class LiftEvaluator:
         raw = {k: v if k in self.image_keys else v.float() for k, v in raw.items()}
         return process_obs(raw, keys)
 
-    def run(self, agent, num_episodes: int) -> dict:
+    def run(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
         """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots."""
         self._start()
         t0 = time.perf_counter()
@@ -214,7 +224,7 @@ class LiftEvaluator:
         }
         if successes.any():
             metrics["eval/episode_length_success"] = float(lengths[successes > 0].mean())
-        return {"metrics": metrics, "video": video, "plots": []}
+        return EvalResult(metrics, video=video)
 
     def _write_video(self, frames: list[np.ndarray]) -> Path:
         import imageio
@@ -239,16 +249,15 @@ class LiftEvaluator:
 
 
 def make_evaluator(
-    spec: dict,
+    spec: LiftSpec,
     *,
     device: torch.device,
     seed: int,
     num_workers: int,
     video_dir: Path | None,
     horizon: int | None = None,
-    **_: object,
 ) -> LiftEvaluator:
-    """Rollouts in robosuite Lift built from the data's env_args."""
+    """Rollouts in robosuite Lift built from the data's env_args (horizon: the data's)."""
     return LiftEvaluator(
         spec,
         device=device,
