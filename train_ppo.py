@@ -26,13 +26,18 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from agents.hybrid_actor_critic import HybridActorCritic, HybridActorCriticConfig
+from agents.hybrid_actor_critic import (
+    HybridActionSpec,
+    HybridActorCritic,
+    HybridActorCriticConfig,
+)
 from agents.ppo import PPOConfig, ppo_loss, ppo_update
 from agents.rollout_buffer import RolloutBuffer
 from encoders import EncoderConfig
 from encoders.config import Arch, FreezeMode, InputAdapter, Pooling
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore
 from envs.durotaxis.baselines import heuristic_policy, random_policy
+from envs.durotaxis.core import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
 from envs.durotaxis.evaluation import greedy_policy, run_episodes
 from envs.durotaxis.rendering import plot_learning_curve, render_episode
 from training.cli import parse_config, rename_flags, run_main
@@ -114,6 +119,8 @@ class TrainPPOConfig:
 
 # Kept for scripts written against the first version.
 TrainConfig = TrainPPOConfig
+# Durotaxis's hybrid action, as the actor-critic takes it.
+DUROTAXIS_ACTION = HybridActionSpec(PARAM_LOW, PARAM_HIGH, PARAMS_USED, favoured_kind=SPAWN)
 
 
 def collect_rollout(model: HybridActorCritic, envs: DurotaxisCore, buffer: RolloutBuffer,
@@ -199,7 +206,8 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         num_iterations = max(1, ppo.total_timesteps // (ppo.batch_size * world.world_size))
         envs = DurotaxisCore(cfg.env, ppo.num_envs, device)
         obs_shape = (cfg.env.channels, cfg.env.image_size, cfg.env.image_size)
-        model = HybridActorCritic(cfg.backbone.encoder_config(), obs_shape, cfg.agent)
+        model = HybridActorCritic(cfg.backbone.encoder_config(), obs_shape, cfg.agent,
+                                  action=DUROTAXIS_ACTION)
         model = model.to(device).eval()
         to_channels_last(model, cfg.run.channels_last)
         optimizer = build_optimizer(model, backbone_lr=cfg.backbone.backbone_lr,

@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from encoders import EncoderConfig, ResNetEncoder
-from envs.durotaxis.core import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -50,6 +49,23 @@ class HybridActorCriticConfig:
     """Initial logit bias of the spawn kind (the others start at 0)."""
     log_std_init: float = -0.5
     """Initial log std of the pre-squash Gaussians (state-independent, learned)."""
+
+
+@dataclass(frozen=True)
+class HybridActionSpec:
+    """The action space: discrete kinds, each using some parameters of one box.
+
+    The entry script builds it from the environment (agents know no environment).
+    """
+
+    param_low: tuple[float, ...]
+    """Lower bound of each continuous parameter."""
+    param_high: tuple[float, ...]
+    """Upper bound of each continuous parameter."""
+    params_used: tuple[tuple[bool, ...], ...]
+    """kinds x parameters: which parameters each kind uses (the rest do not count)."""
+    favoured_kind: int = 0
+    """The kind whose logit starts at spawn_bias_init (Durotaxis: spawn)."""
 
 
 def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
@@ -131,6 +147,8 @@ class HybridActorCritic(nn.Module):
         encoder_cfg: EncoderConfig,
         obs_shape: tuple[int, int, int],
         cfg: HybridActorCriticConfig = HybridActorCriticConfig(),
+        *,
+        action: HybridActionSpec,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -141,14 +159,14 @@ class HybridActorCritic(nn.Module):
             # A copy, not a second load: same weights, buffers and source, loaded once.
             self.critic_encoder = copy.deepcopy(self.actor_encoder)
         dim, hidden = self.actor_encoder.out_dim, cfg.hidden_dim
-        num_kinds, num_params = len(PARAMS_USED), len(PARAM_LOW)
+        num_kinds, num_params = len(action.params_used), len(action.param_low)
 
         self.actor_trunk = nn.Sequential(
             layer_init(nn.Linear(dim, hidden)), nn.Tanh(),
             layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
         )
         kind_bias = torch.zeros(num_kinds)
-        kind_bias[SPAWN] = cfg.spawn_bias_init
+        kind_bias[action.favoured_kind] = cfg.spawn_bias_init
         self.kind_head = layer_init(nn.Linear(hidden, num_kinds), std=0.01)
         with torch.no_grad():
             self.kind_head.bias.copy_(kind_bias)
@@ -159,9 +177,9 @@ class HybridActorCritic(nn.Module):
             layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
             layer_init(nn.Linear(hidden, 1), std=1.0),
         )
-        self.register_buffer("param_low", torch.tensor(PARAM_LOW), persistent=False)
-        self.register_buffer("param_high", torch.tensor(PARAM_HIGH), persistent=False)
-        used = torch.tensor(PARAMS_USED, dtype=torch.float32)
+        self.register_buffer("param_low", torch.tensor(action.param_low), persistent=False)
+        self.register_buffer("param_high", torch.tensor(action.param_high), persistent=False)
+        used = torch.tensor(action.params_used, dtype=torch.float32)
         self.register_buffer("params_used", used, persistent=False)
         # Decided once: what trains is fixed at construction, and act() asks every step.
         encoders = [self.actor_encoder] + ([self.critic_encoder] if self.critic_encoder else [])

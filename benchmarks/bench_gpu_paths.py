@@ -41,6 +41,7 @@ from envs.darkroom import NUM_ACTIONS  # noqa: E402
 from envs.darkroom.dataset import DarkroomSpec  # noqa: E402
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore  # noqa: E402
 from envs.lift.dataset import LiftSpec  # noqa: E402
+from train_ppo import DUROTAXIS_ACTION  # noqa: E402
 from training.cli import parse_config  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 from training.distributed import LossForward  # noqa: E402
@@ -249,7 +250,8 @@ def bench_durotaxis(cfg: GPUBenchConfig, device: torch.device, syncs: dict) -> N
                   f"{sps:,.0f} env steps/s", flush=True)
     envs = DurotaxisCore(env_cfg, cfg.ppo_envs, device)
     enc = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode="all")
-    model = HybridActorCritic(enc, (1, 64, 64), HybridActorCriticConfig()).to(device).eval()
+    model = HybridActorCritic(enc, (1, 64, 64), HybridActorCriticConfig(),
+                              action=DUROTAXIS_ACTION).to(device).eval()
     obs = envs.reset(seed=0)
 
     def rollout_steps() -> None:

@@ -25,6 +25,7 @@ from envs.durotaxis import DurotaxisConfig, DurotaxisCore
 from envs.lift.dataset import make_data as make_lift_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
+from train_ppo import DUROTAXIS_ACTION
 from training.guards import NonFiniteGuard
 
 CPU = torch.device("cpu")
@@ -92,7 +93,8 @@ def test_ppo_rollout_steps_have_no_host_read():
     env_cfg = DurotaxisConfig(image_size=32)
     envs = DurotaxisCore(env_cfg, 4, CPU)
     enc = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode="all")
-    model = HybridActorCritic(enc, (1, 32, 32), HybridActorCriticConfig(hidden_dim=32)).eval()
+    model = HybridActorCritic(enc, (1, 32, 32), HybridActorCriticConfig(hidden_dim=32),
+                              action=DUROTAXIS_ACTION).eval()
     obs = envs.reset(seed=0)
     with no_host_reads():
         for _ in range(5):

@@ -20,6 +20,7 @@ from agents.hybrid_actor_critic import (
 from agents.ppo import PPOConfig, compute_gae, ppo_loss, ppo_update
 from encoders import EncoderConfig
 from envs.durotaxis import PARAM_HIGH, PARAM_LOW, PARAMS_USED
+from train_ppo import DUROTAXIS_ACTION
 from training.diagnostics import frozen_parameter_names, frozen_tensors_that_moved
 from training.optim import build_optimizer
 
@@ -40,7 +41,8 @@ TINY = [
 def make_model(freeze_mode="all", share=False, **enc):
     cfg = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode=freeze_mode, **enc)
     torch.manual_seed(0)
-    return HybridActorCritic(cfg, OBS, HybridActorCriticConfig(hidden_dim=32, share_encoder=share))
+    return HybridActorCritic(cfg, OBS, HybridActorCriticConfig(hidden_dim=32, share_encoder=share),
+                             action=DUROTAXIS_ACTION)
 
 
 def fake_batch(model, n=16, with_obs=True, seed=0):
@@ -120,7 +122,8 @@ def test_hybrid_entropy_is_kind_entropy_plus_expected_used_gaussian_entropy():
 
 def test_spawn_bias_init_sets_the_initial_spawn_probability():
     cfg = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode="all")
-    model = HybridActorCritic(cfg, OBS, HybridActorCriticConfig(hidden_dim=16, spawn_bias_init=2.0))
+    model = HybridActorCritic(cfg, OBS, HybridActorCriticConfig(hidden_dim=16, spawn_bias_init=2.0),
+                              action=DUROTAXIS_ACTION)
     obs = torch.randint(0, 256, (8, *OBS), dtype=torch.uint8)
     probs = model.distribution(model.encode(obs)[0]).logits.exp()
     expected = torch.tensor([2.0, 0.0, 0.0]).softmax(0)
