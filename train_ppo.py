@@ -36,9 +36,13 @@ from agents.rollout_buffer import RolloutBuffer
 from encoders import EncoderConfig
 from encoders.config import Arch, FreezeMode, InputAdapter, Pooling
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore
-from envs.durotaxis.baselines import heuristic_policy, random_policy
 from envs.durotaxis.core import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
-from envs.durotaxis.evaluation import greedy_policy, run_episodes
+from envs.durotaxis.evaluation import (
+    evaluation_seed,
+    floor_and_ceiling,
+    greedy_policy,
+    run_episodes,
+)
 from envs.durotaxis.rendering import plot_learning_curve, render_episode
 from training.cli import parse_config, rename_flags, run_main
 from training.distributed import LossForward, data_parallel, sum_over_ranks
@@ -162,28 +166,15 @@ def update(model: HybridActorCritic, optimizer: torch.optim.Optimizer, buffer: R
     return metrics
 
 
-def baselines(cfg: TrainPPOConfig, device: torch.device) -> dict[str, float]:
-    """Floor (random) and ceiling (heuristic) on the evaluation seeds, once per run."""
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    out = {}
-    for name, policy in (("random", lambda e: random_policy(e, gen)),
-                         ("heuristic", heuristic_policy)):
-        stats = run_episodes(DurotaxisCore(cfg.env, cfg.eval_episodes, device), policy,
-                             seed=1_000_000 + cfg.run.seed)
-        out[f"eval/{name}_success_rate"] = stats["success_rate"]
-        out[f"eval/{name}_episodic_return"] = stats["mean_return"]
-    return out
-
-
 def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: list[dict],
-             floor_and_ceiling: dict[str, float], step: int) -> dict[str, float]:
+             baselines: dict[str, float], step: int) -> dict[str, float]:
     """Deterministic evaluation on the evaluation seeds, the episode GIF, the learning curve."""
     out: dict[str, float] = {}
     if cfg.eval_episodes > 0:
         envs = DurotaxisCore(cfg.env, cfg.eval_episodes, run.device)
-        stats = run_episodes(envs, greedy_policy(model), seed=1_000_000 + cfg.run.seed)
+        stats = run_episodes(envs, greedy_policy(model), seed=evaluation_seed(cfg.run.seed))
         out = {"eval/success_rate": stats["success_rate"], "eval/mean_return": stats["mean_return"],
-               "eval/mean_length": stats["mean_length"], **floor_and_ceiling}
+               "eval/mean_length": stats["mean_length"], **baselines}
         run.logger.log(out, step=step)
     if cfg.video:
         path = run.dir / "episode.gif"
@@ -192,7 +183,7 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
         run.logger.log_video("eval/episode", path, step=step)
     if history:
         path = run.dir / "learning_curve.png"
-        plot_learning_curve(history, floor_and_ceiling, path)
+        plot_learning_curve(history, baselines, path)
         run.logger.log_image("charts/learning_curve", path, step=step)
     return out
 
@@ -220,7 +211,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         if world.enabled:
             seed_everything(cfg.run.seed + world.rank)  # per-rank action sampling
         start_iteration, global_step = 1, 0
-        floor_and_ceiling: dict[str, float] = {}
+        baselines: dict[str, float] = {}
         history: list[dict] = []
         restored = run.track(model, optimizer)
         if restored is not None:
@@ -233,7 +224,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
             envs.load_state_dict(restored.rank["env"])
             next_obs = envs.observe()
             shuffle_gen.set_state(restored.rank["shuffle_gen"])
-            floor_and_ceiling, history = restored.extra["baselines"], restored.extra["history"]
+            baselines, history = restored.extra["baselines"], restored.extra["history"]
             global_step, start_iteration = restored.step, int(restored.extra["iteration"]) + 1
 
         logger = run.open({"weights_source": model.actor_encoder.weights_source,
@@ -244,9 +235,9 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         loss_fn = data_parallel(LossForward(model, partial(ppo_loss, model, cfg=ppo)), world,
                                 device)
         loss_fn = with_autocast(loss_fn, device, cfg.run.amp)
-        if cfg.eval_episodes > 0 and not floor_and_ceiling and run.is_main:
-            floor_and_ceiling = baselines(cfg, device)
-            logger.log(floor_and_ceiling, step=global_step)
+        if cfg.eval_episodes > 0 and not baselines and run.is_main:
+            baselines = floor_and_ceiling(cfg.env, cfg.eval_episodes, cfg.run.seed, device)
+            logger.log(baselines, step=global_step)
 
         buffer = RolloutBuffer(ppo.num_steps, ppo.num_envs, obs_shape=obs_shape,
                                param_dim=len(model.param_low), device=device,
@@ -280,7 +271,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
                     run.save(global_step,
                              rank_state={"env": envs.state_dict(),
                                          "shuffle_gen": shuffle_gen.get_state()},
-                             shared={"iteration": iteration, "baselines": floor_and_ceiling,
+                             shared={"iteration": iteration, "baselines": baselines,
                                      "history": history})
                 if stopping:
                     run.announce_stop(stop, global_step)
@@ -288,7 +279,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         if not run.is_main:
             return dict(metrics)
         final = run.evaluate(global_step, lambda: evaluate(model, cfg, run, history,
-                                                           floor_and_ceiling, global_step))
+                                                           baselines, global_step))
         return {**metrics, **final}
 
 

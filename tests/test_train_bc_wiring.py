@@ -202,3 +202,21 @@ def test_resume_after_a_crash_sets_aside_the_steps_it_recomputes(tmp_path):
     assert steps == list(range(1, 11))  # each step once
     rewound = (out / "metrics.rewound.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in rewound[:2]] == [6, 7] and len(rewound) == 3
+
+
+def test_a_crashing_evaluation_costs_no_trained_weights(tmp_path, monkeypatch):
+    """As a Lift evaluation worker dying on a robomimic v1.5 file: saved first, one line."""
+    import tests.toy_bc
+    from training.run import EvaluationFailed
+
+    def crash(self, agent, num_episodes):
+        raise RuntimeError("EGL: eglMakeCurrent failed\nKeyError: 'interpolation'")
+
+    monkeypatch.setattr(tests.toy_bc.ToyEvaluator, "run", crash)
+    out = tmp_path / "run"
+    with pytest.raises(EvaluationFailed) as err:
+        run(tmp_path, "--offline_steps=6", f"--output_dir={out}", "--save_interval=100")
+    message = str(err.value)
+    assert "\n" not in message and "evaluation at step 6 failed (RuntimeError: EGL" in message
+    assert f"saved in {out / 'checkpoints' / 'last.pt'} (step 6)" in message
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from envs.durotaxis.core import DurotaxisCore
+from envs.durotaxis.core import DurotaxisConfig, DurotaxisCore
 
 
 def greedy_policy(model: Any):
@@ -51,3 +51,25 @@ def run_episodes(env: DurotaxisCore, policy: Any, seed: int = 0) -> dict[str, fl
         "mean_length": lengths.mean().item(),
         "episodes": float(env.num_envs),
     }
+
+
+def floor_and_ceiling(
+    env_cfg: DurotaxisConfig, episodes: int, seed: int, device: torch.device
+) -> dict[str, float]:
+    """The random policy (floor) and the heuristic (ceiling) on the evaluation seeds."""
+    from envs.durotaxis.baselines import heuristic_policy, random_policy
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = {}
+    for name, policy in (("random", lambda e: random_policy(e, gen)),
+                         ("heuristic", heuristic_policy)):
+        stats = run_episodes(DurotaxisCore(env_cfg, episodes, device), policy,
+                             seed=evaluation_seed(seed))
+        out[f"eval/{name}_success_rate"] = stats["success_rate"]
+        out[f"eval/{name}_episodic_return"] = stats["mean_return"]
+    return out
+
+
+def evaluation_seed(seed: int) -> int:
+    """Episode seeds of evaluation, apart from the training environments' (seed * 100_003)."""
+    return 1_000_000 + seed

@@ -248,21 +248,5 @@ class LiftEvaluator:
         self.conns, self.procs = [], []
 
 
-def make_evaluator(
-    spec: LiftSpec,
-    *,
-    device: torch.device,
-    seed: int,
-    num_workers: int,
-    video_dir: Path | None,
-    horizon: int | None = None,
-) -> LiftEvaluator:
-    """Rollouts in robosuite Lift built from the data's env_args (horizon: the data's)."""
-    return LiftEvaluator(
-        spec,
-        device=device,
-        seed=seed,
-        num_workers=num_workers,
-        video_dir=video_dir,
-        horizon=horizon,
-    )
+# What the task table names: the evaluator is built from the data's spec and the run.
+make_evaluator = LiftEvaluator
