@@ -5,10 +5,12 @@
 
 Rollouts and updates run on `--device` (the environments are tensors there too). As in
 SB3, `train` calls `collect_rollout` and `update` once per iteration, and `evaluate` at
-the end. With every backbone frozen (freeze_mode=all, avg pooling) the features computed
-in the rollout are exactly what the update needs, so the rollout buffer stores them and
-the update never runs a backbone; frozen actor and critic backbones hold the same
-weights, so one of them is run for both. The network stays in eval mode throughout, so
+the end. What the frozen part of the backbones computes in the rollout is exactly what
+the update would compute again, so the rollout buffer stores it and the update runs only
+what trains: with freeze_mode=all (avg pooling) the features, and no backbone runs in the
+update; with until_layer3 / last_block the maps entering the trainable blocks. Actor and
+critic backbones start from the same weights and their frozen parts never move, so one
+frozen prefix serves both. The network stays in eval mode throughout, so
 that BatchNorm computes the same function in the rollout (old log-probs) and the update
 (new log-probs); with a trainable backbone, BN's affine parameters train, its statistics
 do not. Truncated episodes are treated as ended (CleanRL's convention).
@@ -94,7 +96,8 @@ class TrainPPOConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     env: DurotaxisConfig = field(default_factory=DurotaxisConfig)
     reuse_features: bool = True
-    """Reuse frozen backbones' rollout features in the update (False: re-run them; benchmarks)."""
+    """Keep what the frozen part of the backbones computed in the rollout for the update
+    (all: the features; until_layer3 / last_block: the prefix maps); False: re-run it."""
     eval_episodes: int = 256
     """Episodes of the final deterministic evaluation (0: skip it and the baselines)."""
     video: bool = True
@@ -125,6 +128,14 @@ class TrainPPOConfig:
 TrainConfig = TrainPPOConfig
 # Durotaxis's hybrid action, as the actor-critic takes it.
 DUROTAXIS_ACTION = HybridActionSpec(PARAM_LOW, PARAM_HIGH, PARAMS_USED, favoured_kind=SPAWN)
+
+
+def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
+                 device: torch.device) -> tuple[int, ...]:
+    """The shape of one observation's frozen-prefix output (one dummy forward)."""
+    with torch.no_grad():
+        dummy = torch.zeros(1, *obs_shape, dtype=torch.uint8, device=device)
+        return tuple(model.encode_prefix(dummy).shape[1:])
 
 
 def collect_rollout(model: HybridActorCritic, envs: DurotaxisCore, buffer: RolloutBuffer,
@@ -203,7 +214,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         to_channels_last(model, cfg.run.channels_last)
         optimizer = build_optimizer(model, backbone_lr=cfg.backbone.backbone_lr,
                                     head_lr=cfg.backbone.head_lr, kind="adam", eps=1e-5)
-        reuse = cfg.reuse_features and model.features_are_fixed
+        reuse = cfg.reuse_features and model.caches_prefix
 
         # What one iteration hands the next: fresh, or as the checkpoint left it (exactly).
         next_obs = envs.reset(seed=cfg.run.seed * 100_003 + ppo.num_envs + world.rank * 1_000_003)
@@ -228,7 +239,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
             global_step, start_iteration = restored.step, int(restored.extra["iteration"]) + 1
 
         logger = run.open({"weights_source": model.actor_encoder.weights_source,
-                           "features_reused": reuse,
+                           "prefix_reused": reuse,
                            "encoders_run_per_step": 1 if model.runs_one_encoder else 2},
                           model.components())
         # The loss's forward, data-parallel over processes and in bf16 when asked for.
@@ -241,7 +252,8 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
 
         buffer = RolloutBuffer(ppo.num_steps, ppo.num_envs, obs_shape=obs_shape,
                                param_dim=len(model.param_low), device=device,
-                               feature_dim=model.actor_encoder.out_dim if reuse else None)
+                               prefix_shape=prefix_shape(model, obs_shape, device) if reuse
+                               else None)
         metrics: dict[str, float] = {}
         start_time, start_step = time.time(), global_step
         progress = tqdm(range(start_iteration, num_iterations + 1), desc="ppo",

@@ -82,10 +82,15 @@ class GridHistorySpec(Protocol):
 
 
 def check_transformer_ranges(cfg) -> None:
-    """The ranges of the settings AD and compressed AD share (one-line ConfigError)."""
+    """The ranges of the settings AD and compressed AD share (one-line ConfigError).
+
+    A setting the config does not have is skipped (compressed-AD pretraining has no decoder
+    n_layer and samples no actions, so no temperature).
+    """
     at_least("agent.context_episodes", cfg.context_episodes, 0)
     for name in ("d_model", "n_layer", "n_head"):
-        at_least(f"agent.{name}", getattr(cfg, name), 1)
+        if hasattr(cfg, name):
+            at_least(f"agent.{name}", getattr(cfg, name), 1)
     if cfg.d_model % cfg.n_head:
         raise ConfigError(f"--agent.d_model={cfg.d_model} must be a multiple of "
                           f"--agent.n_head={cfg.n_head}")
@@ -94,7 +99,8 @@ def check_transformer_ranges(cfg) -> None:
         below(f"agent.{name}", getattr(cfg, name), 1.0)
     positive("agent.lr", cfg.lr)
     for name in ("lr_decay_steps", "weight_decay", "grad_clip", "temperature"):
-        at_least(f"agent.{name}", getattr(cfg, name), 0)
+        if hasattr(cfg, name):
+            at_least(f"agent.{name}", getattr(cfg, name), 0)
 
 
 # ---------------------------------------------------------------- building blocks

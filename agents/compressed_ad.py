@@ -45,6 +45,7 @@ from agents.ad import (
     TokenEmbedding,
     UpdateCounter,
     adam_step,
+    check_transformer_ranges,
     previous_steps,
     sample_actions,
 )
@@ -52,6 +53,7 @@ from encoders.freezing import FrozenParts
 from training.checkpoint import load_checkpoint, load_model_state
 from training.contracts import BCData
 from training.optim import build_optimizer
+from training.ranges import at_least, positive
 
 SHARED_PREFIXES = ("embed.", "embed_ln.", "encoder.")
 
@@ -84,6 +86,11 @@ class CompressedADPretrainConfig:
     """Adam weight decay."""
     grad_clip: float = 1.0
     """Clip the gradient norm to this (0: no clipping)."""
+
+    def __post_init__(self) -> None:
+        check_transformer_ranges(self)
+        for name in ("compressed_episodes", "n_latent", "encoder_layers", "recon_layers"):
+            at_least(f"agent.{name}", getattr(self, name), 1)
 
     @property
     def context_episodes(self) -> int:
@@ -130,6 +137,13 @@ class CompressedADConfig:
     """Clip the gradient norm to this (0: no clipping)."""
     temperature: float = 1.0
     """Sampling temperature of actions in context (0: greedy)."""
+
+    def __post_init__(self) -> None:
+        check_transformer_ranges(self)
+        at_least("agent.compressed_episodes", self.compressed_episodes, 0)
+        for name in ("n_latent", "encoder_layers"):
+            at_least(f"agent.{name}", getattr(self, name), 1)
+        positive("agent.encoder_lr", self.encoder_lr)
 
 
 class ContextEncoder(nn.Module):

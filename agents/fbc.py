@@ -14,10 +14,11 @@ rollout policy runs in eval mode, and the pretrained BatchNorm layers stay Batch
 The bodies are configured by `--agent.encoder.*` (an `EncoderConfig`: arch, weights,
 freeze_mode none | all | until_layer3 | last_block, pooling); `--agent.freeze_encoder`,
 `--agent.pretrained_encoder`, `--agent.rgb_model_name` and `--agent.encoder_weights` are
-shorthands for its fields. Whole body frozen (freeze_mode=all, the default) and no
-augmentation: a frame's image features never change, so `prepare` computes them once for
-the whole dataset (batched, on the device) and training reads them from that cache
-instead of running the ResNet at every step. Partial freeze modes train through the body.
+shorthands for its fields. With a frozen part and no augmentation, what that part
+computes from a frame never changes, so `prepare` computes it once for the whole dataset
+(batched, on the device) and training reads it from that cache: with freeze_mode=all (the
+default) the image features, and no ResNet runs in training; with until_layer3 /
+last_block the maps entering the trainable blocks, and only those blocks run.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from encoders import Arch, EncoderConfig, ResNetEncoder
 from training.diagnostics import grad_norms
 from training.optim import build_optimizer
+from training.ranges import ConfigError, at_least, at_least_finite, positive, unit_interval
 
 FBC_ENCODER = EncoderConfig(freeze_mode="all")
 """fbc's default body: ResNet-18, weights=auto, frozen."""
@@ -87,13 +89,20 @@ class FBCConfig:
     """Frames per batch when prepare() embeds the dataset with a frozen body."""
 
     def __post_init__(self) -> None:
+        for name in ("chunk_length", "hidden_dim", "num_layers", "emb_dim", "crop_size",
+                     "cache_batch_size"):
+            at_least(f"agent.{name}", getattr(self, name), 1)
         if self.action_horizon < 1 or self.action_horizon > self.chunk_length:
-            raise ValueError(
+            raise ConfigError(
                 f"action_horizon must be in 1..chunk_length ({self.chunk_length}), "
                 f"got {self.action_horizon}"
             )
         if self.flow_steps < 1:
-            raise ValueError(f"flow_steps must be >= 1, got {self.flow_steps}")
+            raise ConfigError(f"flow_steps must be >= 1, got {self.flow_steps}")
+        positive("agent.lr", self.lr)
+        positive("agent.backbone_lr", self.backbone_lr)
+        at_least_finite("agent.weight_decay", self.weight_decay, 0.0)
+        unit_interval("agent.ema_decay", self.ema_decay, open_low=False)
         for field, (flag, given, value) in self._shorthands().items():
             explicit = getattr(self.encoder, field)
             # An encoder field left at fbc's default counts as not given.
@@ -131,11 +140,10 @@ class FBCConfig:
 
     @property
     def uses_feature_cache(self) -> bool:
-        """Whole body frozen and no augmentation: a frame's body output is a constant.
-
-        (Partial freeze modes train through the live body.)
-        """
-        return self.encoder_config.freeze_mode == "all" and not self.random_crop
+        """A frozen part and no augmentation: what the frozen part computes from a frame is
+        a constant, computed once per frame (the pooled features with freeze_mode=all, the
+        maps entering the trainable blocks with until_layer3 / last_block)."""
+        return self.encoder_config.freeze_mode != "none" and not self.random_crop
 
 
 def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
@@ -213,25 +221,20 @@ class ObsEncoder(nn.Module):
         """The body that encodes camera key."""
         return self.bodies["shared"] if self.cfg.share_encoder else self.bodies[key]
 
-    def pool_trains(self, key: str) -> bool:
-        """Whether the pooling head has parameters that train (spatial softmax)."""
-        return any(p.requires_grad for p in self.body(key).pool.parameters())
-
     def frozen_part(self, key: str, images: torch.Tensor) -> torch.Tensor:
-        """What the body computes from images: the pooled features, or the feature map when
-        the pooling trains (what the feature cache stores when the whole body is frozen)."""
+        """What the frozen part of camera key's body computes from its images (crops first):
+        what the feature cache stores (see ResNetEncoder.frozen_prefix)."""
         crop = self.cfg.random_crop
         images = (
             crop_images(images, self.cfg.crop_size, random=crop and self.training)
             if crop
             else images
         )
-        body = self.body(key)
-        return body.feature_map(images) if self.pool_trains(key) else body(images)
+        return self.body(key).frozen_prefix(images)
 
     def image_features(self, key: str, frozen: torch.Tensor) -> torch.Tensor:
-        """Features of one camera from frozen_part's output."""
-        return self.body(key).pool(frozen) if self.pool_trains(key) else frozen
+        """Features of one camera from frozen_part's output (runs the trainable suffix)."""
+        return self.body(key).from_prefix(frozen)
 
     def forward(
         self, obs: dict[str, torch.Tensor], cached: dict[str, torch.Tensor] | None = None
@@ -455,7 +458,7 @@ class FBCAgent(nn.Module):
 
     @torch.no_grad()
     def frozen_features(self, data: ImageFrames) -> dict[str, torch.Tensor]:
-        """Every frame's frozen-body output, batched on the device, in data order."""
+        """Every frame's frozen-prefix output per camera, batched on the device, in data order."""
         enc = self.policy.encoder
         was_training = self.training
         self.eval()

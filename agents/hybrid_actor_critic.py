@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from encoders import EncoderConfig, ResNetEncoder
+from training.ranges import at_least, finite
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -49,6 +50,11 @@ class HybridActorCriticConfig:
     """Initial logit bias of the spawn kind (the others start at 0)."""
     log_std_init: float = -0.5
     """Initial log std of the pre-squash Gaussians (state-independent, learned)."""
+
+    def __post_init__(self) -> None:
+        at_least("agent.hidden_dim", self.hidden_dim, 1)
+        finite("agent.spawn_bias_init", self.spawn_bias_init)
+        finite("agent.log_std_init", self.log_std_init)
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,15 @@ class HybridActorCritic(nn.Module):
         """Shared encoder, or two frozen copies of the same weights: run only the actor's."""
         return self.critic_encoder is None or self.features_are_fixed
 
+    @property
+    def caches_prefix(self) -> bool:
+        """Whether a rollout's frozen-prefix output is worth keeping for the update.
+
+        The critic's body starts as a copy of the actor's and its frozen part never moves,
+        so one prefix serves both; the update then runs only the trainable suffixes.
+        """
+        return self.actor_encoder.caches_prefix
+
     def components(self) -> dict[str, nn.Module]:
         """Named parts for the parameter report."""
         parts: dict[str, nn.Module] = {"actor_encoder": self.actor_encoder}
@@ -215,11 +230,18 @@ class HybridActorCritic(nn.Module):
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor features, critic features) of uint8 or [0, 1] images."""
-        x = self._to_float(obs)
-        actor = self.actor_encoder(x)
+        return self.encode_from_prefix(self.encode_prefix(obs))
+
+    def encode_prefix(self, obs: torch.Tensor) -> torch.Tensor:
+        """What the encoders' frozen part computes (the same for actor and critic)."""
+        return self.actor_encoder.frozen_prefix(self._to_float(obs))
+
+    def encode_from_prefix(self, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor features, critic features) from encode_prefix's output."""
+        actor = self.actor_encoder.from_prefix(prefix)
         if self.runs_one_encoder:
             return actor, actor
-        return actor, self.critic_encoder(x)
+        return actor, self.critic_encoder.from_prefix(prefix)
 
     def distribution(self, actor_features: torch.Tensor) -> HybridDistribution:
         """The policy at these features."""
@@ -236,7 +258,8 @@ class HybridActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         """Sample (or take the mode of) an action; returns what a rollout stores."""
-        actor_f, critic_f = self.encode(obs)
+        prefix = self.encode_prefix(obs)
+        actor_f, critic_f = self.encode_from_prefix(prefix)
         dist = self.distribution(actor_f)
         kind, u = dist.mode() if deterministic else dist.sample()
         return {
@@ -245,6 +268,7 @@ class HybridActorCritic(nn.Module):
             "params": dist.params(u),
             "log_prob": dist.log_prob(kind, u),
             "value": self.value(critic_f),
+            "prefix": prefix,
             "actor_features": actor_f,
             "critic_features": critic_f,
         }

@@ -2,8 +2,9 @@
 
 CleanRL's details: GAE, per-minibatch advantage normalisation, clipped value loss,
 global gradient-norm clipping, approx_kl / clipfrac, optional early stop at target_kl.
-When the encoders are frozen the batch carries the rollout's features instead of the
-observations, and the update never runs a backbone.
+When the encoders have a frozen part the batch carries the rollout's frozen-prefix output
+instead of the observations (with everything frozen: the features themselves), and the
+update runs only what trains.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def ppo_loss(
     model: HybridActorCritic, batch: dict[str, torch.Tensor], cfg: PPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO loss on one minibatch; returns (loss, info tensors)."""
-    if "actor_features" in batch:
+    if "prefix" in batch:  # the rollout's frozen-prefix output: only trainable parts run
+        actor_f, critic_f = model.encode_from_prefix(batch["prefix"])
+    elif "actor_features" in batch:
         actor_f, critic_f = batch["actor_features"], batch["critic_features"]
     else:
         actor_f, critic_f = model.encode(batch["obs"])

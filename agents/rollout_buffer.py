@@ -2,9 +2,10 @@
 
 As SB3's `RolloutBuffer`: the training loop `add`s one step of every environment at a
 time, `compute_returns_and_advantage` runs GAE once the rollout is complete, and `batch`
-hands the update a flat dict. When the update can reuse the rollout's features (frozen
-actor and critic bodies), the buffer stores features instead of observations, so the
-update never runs a backbone.
+hands the update a flat dict. When the encoders have a frozen part, the buffer stores what
+that part computed in the rollout (the features with freeze_mode=all, the maps entering
+the trainable blocks with until_layer3 / last_block) instead of the observations, so the
+update runs only what trains.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ class RolloutBuffer:
         *,
         obs_shape: tuple[int, ...],
         param_dim: int,
-        feature_dim: int | None,
+        prefix_shape: tuple[int, ...] | None,
         device: torch.device,
     ) -> None:
         T, B = num_steps, num_envs
         self.num_steps, self.num_envs, self.obs_shape = T, B, obs_shape
-        self.reuse_features = feature_dim is not None
+        self.reuse_prefix = prefix_shape is not None
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(  # noqa: E731
             *shape, dtype=dtype, device=device
         )
-        if self.reuse_features:
-            self.features = zeros(T, B, feature_dim)
+        if self.reuse_prefix:
+            self.prefix = zeros(T, B, *prefix_shape)
         else:
             self.observations = zeros(T, B, *obs_shape, dtype=torch.uint8)
         self.kinds = zeros(T, B, dtype=torch.long)
@@ -64,11 +65,11 @@ class RolloutBuffer:
     ) -> None:
         """Step t of every environment: what the policy saw and did, and what came back.
 
-        `act` is the policy's output (kind, u, log_prob, value, actor_features); `info`
+        `act` is the policy's output (kind, u, log_prob, value, prefix); `info`
         carries the finished episodes' episode_return, episode_length and is_success.
         """
-        if self.reuse_features:
-            self.features[t] = act["actor_features"]
+        if self.reuse_prefix:
+            self.prefix[t] = act["prefix"]
         else:
             self.observations[t] = obs
         self.kinds[t], self.us[t], self.log_probs[t] = act["kind"], act["u"], act["log_prob"]
@@ -101,9 +102,8 @@ class RolloutBuffer:
             "advantages": self.advantages.reshape(n),
             "returns": self.returns.reshape(n),
         }
-        if self.reuse_features:
-            # Frozen twins: the critic's features are the actor's.
-            batch["actor_features"] = batch["critic_features"] = self.features.reshape(n, -1)
+        if self.reuse_prefix:
+            batch["prefix"] = self.prefix.reshape(n, *self.prefix.shape[2:])
         else:
             batch["obs"] = self.observations.reshape(n, *self.obs_shape)
         return batch

@@ -82,6 +82,8 @@ class ResNetEncoder(nn.Module):
             self.out_dim = body_dim
 
         self.frozen_parts = FrozenParts.freeze(self, frozen_modules(body, cfg.freeze_mode))
+        self._prefix_blocks = _FROZEN_BLOCKS[cfg.freeze_mode](len(self._blocks()))
+        self._fixed = self.features_are_fixed
 
     @property
     def is_frozen(self) -> bool:
@@ -117,21 +119,57 @@ class ResNetEncoder(nn.Module):
         self.frozen_parts.keep_eval(self)
         return self
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """The body's last feature map, B x C' x H/32 x W/32."""
+    # ----- the frozen prefix and the trainable suffix -------------------------------------
+    # forward = from_prefix(frozen_prefix(images)). What the frozen prefix computes depends
+    # on the image alone, so callers that see an image more than once (PPO's epochs over a
+    # rollout, fbc's passes over a dataset) compute it once and keep it; the update then
+    # runs only the suffix. With the whole encoder frozen the prefix is the pooled feature
+    # vector; with until_layer3 / last_block it is the feature map entering the trainable
+    # blocks; with none it is the normalised image (nothing worth keeping).
+
+    def _blocks(self) -> list[nn.Module]:
+        """The body in order: the stem's four modules, layer1-3, layer4's blocks one by one."""
+        b = self.backbone
+        return [b.conv1, b.bn1, b.relu, b.maxpool, b.layer1, b.layer2, b.layer3, *b.layer4]
+
+    @property
+    def caches_prefix(self) -> bool:
+        """Whether the frozen prefix does work worth caching (freeze_mode is not none)."""
+        return self._prefix_blocks > 0
+
+    def frozen_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """B x C x H x W in [0, 1] -> what the frozen part of the encoder computes."""
         # Again here: a .train() on the body itself bypasses our override, and a frozen BN
         # layer left in train mode would update its running statistics in this forward.
         self.frozen_parts.keep_eval(self)
         x = (images - self.mean) / self.std
         if self.cfg.input_adapter == "repeat3":
             x = x.expand(-1, 3, -1, -1)
-        body = self.backbone
-        x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
-        return body.layer4(body.layer3(body.layer2(body.layer1(x))))
+        for block in self._blocks()[: self._prefix_blocks]:
+            x = block(x)
+        return self.pool(x) if self._fixed else x
+
+    def from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """frozen_prefix's output -> B x out_dim features (runs the trainable suffix)."""
+        if self._fixed:
+            return prefix
+        for block in self._blocks()[self._prefix_blocks :]:
+            prefix = block(prefix)
+        return self.pool(prefix)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """B x C x H x W in [0, 1] -> B x out_dim."""
-        return self.pool(self.feature_map(images))
+        return self.from_prefix(self.frozen_prefix(images))
+
+
+# How many leading blocks of `_blocks()` (of n) each freeze mode freezes: the stem is four
+# modules, then layer1-3, then layer4's blocks. Matches encoders/freezing.frozen_modules.
+_FROZEN_BLOCKS = {
+    "none": lambda n: 0,
+    "all": lambda n: n,
+    "until_layer3": lambda n: 7,
+    "last_block": lambda n: n - 1,
+}
 
 
 def _fit_conv1(state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:

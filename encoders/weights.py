@@ -18,6 +18,8 @@ import torch
 import torch.hub
 from torchvision import models
 
+from encoders.torch_files import load_failure
+
 _IMAGENET_WEIGHTS = {
     "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": models.ResNet34_Weights.IMAGENET1K_V1,
@@ -99,9 +101,20 @@ def load_state_from_path(spec: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        kind, reason = load_failure(path, err)
+        if kind == "not_torch_file":
+            raise ValueError(
+                f"cannot load weights from {path}: it is not a torch checkpoint (unreadable: "
+                f"{reason}); weights=PATH takes a state dict or one of our checkpoints"
+            ) from None
+        if kind == "damaged":
+            raise ValueError(
+                f"cannot load weights from {path}: it is damaged or truncated ({reason})"
+            ) from None
         raise ValueError(
-            f"cannot load weights from {path} with weights_only=True ({type(err).__name__}); "
-            f"it must hold tensors only (a state dict or one of our checkpoints)"
+            f"cannot load weights from {path} with weights_only=True: it holds pickled Python "
+            f"objects, which could run code when loaded; it must hold tensors only (a state "
+            f"dict or one of our checkpoints)"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # one of our checkpoints

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from agents.fbc import CachedFeatureData, FBCAgent, FBCConfig, crop_images
+from encoders import EncoderConfig
 from envs.lift.dataset import LiftSpec, make_data
 from tests.test_lift_data import write_synthetic
+from training.ranges import ConfigError
 
 CPU = torch.device("cpu")
 CAMS = ["agentview_image", "robot0_eye_in_hand_image"]
@@ -185,9 +187,11 @@ def test_random_crop_shapes_and_centre():
         assert torch.equal(crops[b], x[b, :, r : r + 6, c : c + 6])
 
 
-def test_cached_features_equal_live_features(tmp_path):
+@pytest.mark.parametrize("mode", ["all", "until_layer3", "last_block"])
+def test_cached_features_equal_live_features(tmp_path, mode):
+    """all: the features are cached; until_layer3 / last_block: the frozen prefix's maps."""
     path = write_synthetic(tmp_path / "d.hdf5", lengths=(6, 5))
-    cfg = small_cfg(freeze_encoder=True, cache_batch_size=4)
+    cfg = small_cfg(encoder=EncoderConfig(weights="random", freeze_mode=mode), cache_batch_size=4)
     data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
                          chunk_length=cfg.chunk_length)
     torch.manual_seed(0)
@@ -213,9 +217,7 @@ def test_cached_features_equal_live_features(tmp_path):
         b = live_agent.update(data.sample(8, g2))
         assert a["train/flow_loss"].item() == pytest.approx(b["train/flow_loss"].item(), rel=1e-4)
     for (name, p), q in zip(
-        cached_agent.policy.velocity.named_parameters(),
-        live_agent.policy.velocity.parameters(),
-        strict=True,
+        cached_agent.policy.named_parameters(), live_agent.policy.parameters(), strict=True
     ):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
@@ -237,7 +239,7 @@ def test_default_config_and_option_names():
     assert {"freeze_encoder", "rgb_model_name", "random_crop", "ema"} <= {
         f.name for f in dataclasses.fields(FBCConfig)
     }
-    with pytest.raises(ValueError, match="action_horizon"):
+    with pytest.raises(ConfigError, match="action_horizon"):
         FBCConfig(action_horizon=17)
 
 

@@ -28,7 +28,7 @@ def test_fbc_partial_freeze_trains_exactly_the_unfrozen_body_part(mode):
     count, trained_prefix = PARTIAL[mode]
     spec = small_spec()
     cfg = small_cfg(encoder=EncoderConfig(weights="random", freeze_mode=mode))
-    assert cfg.encoder_config.freeze_mode == mode and not cfg.uses_feature_cache
+    assert cfg.encoder_config.freeze_mode == mode and cfg.uses_feature_cache  # prefix cache
     agent = FBCAgent(cfg, spec, CPU)
     bodies = [agent.policy.encoder.body(k).backbone for k in spec.image_keys]
     assert len({id(b) for b in bodies}) == 2
@@ -91,7 +91,7 @@ def test_fbc_encoder_flags_and_shorthands_through_the_cli():
     assert partial.encoder_config == EncoderConfig(
         arch="resnet34", weights="random", freeze_mode="until_layer3", pooling="spatial_softmax"
     )
-    assert not partial.uses_feature_cache
+    assert partial.uses_feature_cache  # the frozen prefix is cached
     # A shorthand that agrees with an explicit field is fine.
     agree = parse_fbc("--agent.freeze_encoder=False", "--agent.encoder.freeze_mode=none")
     assert agree.encoder_config.freeze_mode == "none"

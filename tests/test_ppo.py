@@ -188,6 +188,26 @@ def test_reused_features_give_the_same_loss_as_rerunning_the_backbone():
     torch.testing.assert_close(loss_obs, loss_feat)
 
 
+@pytest.mark.parametrize("freeze_mode", ["until_layer3", "last_block"])
+def test_a_cached_frozen_prefix_gives_the_loss_and_gradients_of_the_whole_body(freeze_mode):
+    model = make_model(freeze_mode)
+    assert model.caches_prefix and not model.features_are_fixed
+    cfg = PPOConfig()
+    with_obs = fake_batch(model, with_obs=True)
+    with_prefix = dict(with_obs)
+    with_prefix["prefix"] = model.act(with_prefix.pop("obs"))["prefix"]
+    grads = []
+    for batch in (with_obs, with_prefix):
+        model.zero_grad(set_to_none=True)
+        loss, _ = ppo_loss(model, batch, cfg)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and any("layer4" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)
+    assert not make_model("none").caches_prefix
+
+
 def test_trainable_or_spatial_softmax_encoders_are_not_reused():
     assert not make_model("none").features_are_fixed
     assert not make_model("none").runs_one_encoder
@@ -254,7 +274,7 @@ def test_the_documented_command_runs_on_a_tiny_budget(tmp_path):
     assert 0.0 <= final["eval/success_rate"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config["weights_source"].startswith("random")
-    assert config["features_reused"] is True and config["encoders_run_per_step"] == 1
+    assert config["prefix_reused"] is True and config["encoders_run_per_step"] == 1
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):

@@ -17,7 +17,7 @@ from training.device import resolve_device
 from training.diagnostics import grad_norms
 from training.logger import RunLogger, WandbConfig, resolve_wandb_mode
 from training.optim import build_optimizer, scale_learning_rates
-from training.report import parameter_report
+from training.parameter_report import parameter_report
 from training.seeding import seed_everything
 
 

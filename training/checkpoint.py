@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoders.torch_files import load_failure
 from training.diagnostics import frozen_parameter_names
 
 
@@ -128,12 +128,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
-            # torch's own text goes on to suggest weights_only=False, i.e. running the file.
+        # torch's own text goes on to suggest weights_only=False, i.e. running the file,
+        # and says the same of a file of random bytes as of one that carries code.
+        kind, reason = load_failure(path, err)
+        if kind == "pickled_objects":
             reason = "it holds pickled Python objects, which could run code when loaded"
+            message = f"refusing to load {path}: not a tensors-only checkpoint ({reason})"
+        elif kind == "not_torch_file":
+            message = (f"refusing to load {path}: it is not a torch checkpoint (unreadable: "
+                       f"{reason})")
         else:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        message = f"refusing to load {path}: not a tensors-only checkpoint ({reason})"
+            message = f"refusing to load {path}: it is damaged or truncated ({reason})"
         raise ValueError(message) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise ValueError(f"{path} is not one of our checkpoints (no model/step entries)")

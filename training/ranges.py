@@ -42,3 +42,15 @@ def below(flag: str, value: float, high: float) -> None:
     """value < high (probabilities such as dropout)."""
     if not value < high:
         _refuse(flag, value, f"< {high}")
+
+
+def finite(flag: str, value: float) -> None:
+    """value is a finite number (initial values, biases: any sign, but not NaN or inf)."""
+    if not math.isfinite(value):
+        _refuse(flag, value, "a finite number")
+
+
+def at_least_finite(flag: str, value: float, low: float) -> None:
+    """low <= value < inf (coefficients such as reward scales)."""
+    if not (value >= low and math.isfinite(value)):
+        _refuse(flag, value, f">= {low} and finite")

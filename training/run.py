@@ -56,7 +56,7 @@ from training.distributed import (
 )
 from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
 from training.logger import RunLogger, WandbConfig
-from training.report import encoder_weight_sources, parameter_report
+from training.parameter_report import encoder_weight_sources, parameter_report
 from training.run_dir import (
     ReplacedRun,
     RunDirError,

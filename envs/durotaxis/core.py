@@ -38,6 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from training.ranges import ConfigError, at_least, at_least_finite, positive, unit_interval
+
 SPAWN, DELETE, HOLD = 0, 1, 2
 KIND_NAMES = ("spawn", "delete", "hold")
 PARAM_NAMES = ("dir_x", "dir_y", "gamma", "alpha", "noise")
@@ -54,6 +56,8 @@ PARAMS_USED = (
 FAIL_NONE, FAIL_NO_CELLS, FAIL_TOO_MANY, FAIL_OUT_OF_BOUNDS = 0, 1, 2, 3
 
 _MASK32 = 0xFFFFFFFF
+# Largest stiffness the profiles may reach (at the stiff edge): far inside float32's range.
+_MAX_STIFFNESS = 1e30
 
 
 @dataclass(frozen=True)
@@ -94,19 +98,51 @@ class DurotaxisConfig:
     """Reward subtracted on failure (no cells, too many cells, out of bounds)."""
 
     def __post_init__(self) -> None:
+        """Ranges and geometry, refused with one line (ConfigError: --env.FLAG=VALUE ...)."""
         if self.channels not in (1, 3):
-            raise ValueError(f"env.channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"--env.channels={self.channels} is out of range; allowed: 1 or 3")
         if self.profile not in ("linear", "exponential", "random"):
-            raise ValueError(
-                f"env.profile must be linear, exponential or random, got {self.profile!r}"
+            raise ConfigError(
+                f"--env.profile={self.profile} is out of range; allowed: linear, exponential "
+                f"or random"
             )
+        at_least("env.image_size", self.image_size, 8)
+        at_least("env.max_cells", self.max_cells, 1)
         if not 1 <= self.initial_cells <= self.max_cells:
-            raise ValueError(
-                f"env.initial_cells must lie in 1..max_cells ({self.max_cells}), "
-                f"got {self.initial_cells}"
+            raise ConfigError(
+                f"--env.initial_cells={self.initial_cells} is out of range; allowed: "
+                f"1..env.max_cells ({self.max_cells})"
             )
-        if self.image_size < 8:
-            raise ValueError(f"env.image_size must be at least 8, got {self.image_size}")
+        at_least("env.max_steps", self.max_steps, 1)
+        for name in ("view_size", "half_width", "slope", "intercept", "exp_rate"):
+            positive(f"env.{name}", getattr(self, name))
+        unit_interval("env.success_fraction", self.success_fraction)
+        for name in ("start_spread", "progress_reward", "success_bonus", "failure_penalty"):
+            at_least_finite(f"env.{name}", getattr(self, name), 0.0)
+        # The start point lies 0.2R..0.6R from the soft edge and up to 0.3R off the middle
+        # (see DurotaxisCore._reset_state): a spread over 0.4R puts starting cells off the
+        # substrate (and from 1.2R on, past the stiff edge, where progress divides by 0).
+        if self.start_spread > 0.4 * self.half_width:
+            raise ConfigError(
+                f"--env.start_spread={self.start_spread} is out of range; allowed: "
+                f"0..{0.4 * self.half_width:g} (0.4 x env.half_width): starting cells must lie "
+                f"on the substrate"
+            )
+        # The observation scales stiffness by its value at the stiff edge, in float32.
+        edge = 2 * self.half_width
+        if self.intercept + self.slope * edge > _MAX_STIFFNESS:
+            raise ConfigError(
+                f"--env.slope={self.slope} is out of range with env.intercept="
+                f"{self.intercept} and env.half_width={self.half_width}: the stiffness at the "
+                f"stiff edge must stay below {_MAX_STIFFNESS:g} (float32)"
+            )
+        if math.log(self.intercept) + self.exp_rate * edge > math.log(_MAX_STIFFNESS):
+            bound = (math.log(_MAX_STIFFNESS) - math.log(self.intercept)) / edge
+            raise ConfigError(
+                f"--env.exp_rate={self.exp_rate} is out of range; allowed: <= {bound:.4g} with "
+                f"env.intercept={self.intercept} and env.half_width={self.half_width}: the "
+                f"stiffness at the stiff edge must stay below {_MAX_STIFFNESS:g} (float32)"
+            )
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

@@ -113,11 +113,19 @@ def check_dataset(
                     f"{kwargs['controller_configs']['type']} controller) takes "
                     f"{action_dim}-dim actions; use demos recorded with that robot and controller"
                 )
+            if not g["actions"].shape or g["actions"].shape[0] == 0:
+                raise ValueError(
+                    f"dataset {path}: data/{demo} has 0 samples (its actions are empty); "
+                    f"remove the demo or record it again"
+                )
+            _check_values(path, f"data/{demo}/actions", g["actions"][()], bound=1.0)
             obs = g.get("obs")
             for key in (*image_keys, *lowdim_keys):
                 if obs is None or key not in obs:
                     hint = f"; {_render_hint(str(path))}" if key in image_keys else ""
                     raise ValueError(f"dataset {path}: data/{demo}/obs has no {key!r}{hint}")
+            for key in lowdim_keys:
+                _check_values(path, f"data/{demo}/obs/{key}", obs[key][()])
             for key in image_keys:
                 shape = tuple(obs[key].shape[1:])
                 if shape != (image_size, image_size, 3) or obs[key].dtype != np.uint8:
@@ -128,6 +136,30 @@ def check_dataset(
                         f"{image_size}`)"
                     )
         return env_args
+
+
+def _check_values(path: Path, name: str, values: np.ndarray, bound: float | None = None) -> None:
+    """Refuse NaN / inf (and, with bound, values outside [-bound, bound]) naming the first."""
+    values = np.atleast_1d(np.asarray(values))
+    if values.dtype.kind not in "fiub":
+        raise ValueError(f"dataset {path}: {name} holds {values.dtype} values, not numbers")
+    if values.dtype.kind != "f":
+        return
+    flat = values.reshape(len(values), -1)
+    bad = ~np.isfinite(flat)
+    if bad.any():
+        t, j = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"dataset {path}: {name}[{t}] is not finite ({flat[t, j]} at column {j}); every "
+            f"action and low-dim observation must be a finite number"
+        )
+    if bound is not None and np.abs(flat).max() > bound + 1e-6:
+        t, j = (int(i) for i in np.argwhere(np.abs(flat) > bound + 1e-6)[0])
+        raise ValueError(
+            f"dataset {path}: {name}[{t}] leaves [-{bound:g}, {bound:g}] ({flat[t, j]:.3g} at "
+            f"column {j}; max |a| {np.abs(flat).max():.3g}); robomimic actions are normalised "
+            f"to [-1, 1]"
+        )
 
 
 def _init_obs_utils(image_keys: tuple[str, ...], lowdim_keys: tuple[str, ...]) -> None:
@@ -167,6 +199,11 @@ class LiftData:
             with h5py.File(path, "r") as f:
                 if f"mask/{filter_key}" not in f:
                     raise ValueError(f"dataset {path} has no filter key mask/{filter_key}")
+                if len(f[f"mask/{filter_key}"]) == 0:
+                    raise ValueError(
+                        f"dataset {path} holds 0 samples under filter key mask/{filter_key} "
+                        f"(it lists no demos)"
+                    )
         _init_obs_utils(image_keys, lowdim_keys)
         dataset = SequenceDataset(
             hdf5_path=str(path),
@@ -216,10 +253,6 @@ class LiftData:
         self.actions = torch.from_numpy(actions).to(device)
         self.demo_index = torch.tensor(demo_of, device=device)
         self.num_samples = len(chunks)
-        if np.abs(actions).max() > 1.0 + 1e-6:
-            raise ValueError(
-                f"dataset {path}: actions leave [-1, 1] (max |a| {np.abs(actions).max():.3g})"
-            )
         lowdim = {k: self.frames[k] for k in lowdim_keys}
         self.spec = LiftSpec(
             image_keys=tuple(image_keys),
