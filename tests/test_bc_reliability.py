@@ -43,6 +43,8 @@ FBC = [
     "--agent.emb_dim=16",
 ]
 FBC_FROZEN = [*FBC, "--agent.freeze_encoder=True"]  # features cached once by prepare()
+# layer4 trains on the frozen prefix's maps, cached once by prepare().
+FBC_PARTIAL = [*FBC, "--agent.encoder.freeze_mode=until_layer3"]
 FBC_TUNED = [
     *FBC,
     "--agent.freeze_encoder=False",
@@ -170,10 +172,11 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def run_args(kind: str, lift_file: Path, histories: Path, *extra: str) -> list[str]:
     if kind == "ad":
         return ad_args(histories, *extra)
-    return fbc_args(lift_file, FBC_FROZEN if kind == "fbc_frozen" else FBC_TUNED, *extra)
+    flags = {"fbc_frozen": FBC_FROZEN, "fbc_partial": FBC_PARTIAL, "fbc_tuned": FBC_TUNED}[kind]
+    return fbc_args(lift_file, flags, *extra)
 
 
-@pytest.mark.parametrize("kind", ["fbc_frozen", "fbc_tuned", "ad"])
+@pytest.mark.parametrize("kind", ["fbc_frozen", "fbc_partial", "fbc_tuned", "ad"])
 def test_resume_is_exact(kind, lift_file, histories, tmp_path):
     once, twice = tmp_path / "once", tmp_path / "twice"
     train(*run_args(kind, lift_file, histories, "--offline_steps=4", f"--output_dir={once}"))

@@ -58,7 +58,7 @@ MANIFEST = "sweep.json"
 # Flags each run gets from the sweep (and which the fixed flags therefore may not set).
 SWEEP_OWNED = ("seed", "output_dir", "resume", "overwrite", "threads")
 # What the run harness prints when a signal stopped a run (it still exits 0).
-STOPPED = re.compile(r"at step \d+: wrote \S+; continue with --output_dir=\S+ --resume=True")
+STOPPED = re.compile(r"at step \d+: wrote .+; continue with --output_dir=.+ --resume=True")
 GRID_FLAG = re.compile(r"[A-Za-z_][\w.]*")
 
 
@@ -180,7 +180,7 @@ def plan(grid: dict[str, list[str]], seeds: Sequence[int], fixed: Sequence[str],
         f"--wandb.group={root.name}"]
     runs = []
     for values in product(*grid.values()):
-        config = dict(zip(grid, values))
+        config = dict(zip(grid, values, strict=True))
         # Readable names; "/" in a value (a path) must not nest directories.
         parts = [f"{k}={quote(v, safe='=.,+-_:@')}" for k, v in config.items()]
         for seed in seeds:
@@ -208,7 +208,8 @@ def merge_manifest(root: Path, entry: Path, grid: dict[str, list[str]], seeds: S
     try:
         saved = json.loads(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); move it away to start afresh")
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away to start afresh"
+                         ) from None
     keep = "use another --sweep_dir for another experiment"
     if saved["entry"] != str(entry):
         raise ValueError(f"{root} is a sweep of {saved['entry']}, not {entry}; {keep}")
@@ -243,7 +244,8 @@ def lock_sweep(root: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ValueError(f"{root} is being swept by another process; wait for it or stop it")
+        raise ValueError(f"{root} is being swept by another process; wait for it or stop it"
+                         ) from None
     return fd
 
 
@@ -297,9 +299,20 @@ def run_env(threads: int, gpu: str | None) -> dict[str, str]:
 # ----- the local launcher ---------------------------------------------------------------------
 
 
+def fixed_value(fixed: Sequence[str], name: str) -> str | None:
+    """The value the fixed flags give --name (`--name=V` or `--name V`; the last one)."""
+    value = None
+    for i, arg in enumerate(fixed):
+        if arg.startswith(f"--{name}="):
+            value = arg.partition("=")[2]
+        elif arg == f"--{name}" and i + 1 < len(fixed):
+            value = fixed[i + 1]
+    return value
+
+
 def visible_gpus(fixed: Sequence[str]) -> list[str]:
     """The GPU ids runs may be pinned to; none when the runs are told --device=cpu."""
-    if "--device=cpu" in fixed or os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+    if fixed_value(fixed, "device") == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return []
     import torch  # only here: the sweep itself needs no torch
 
@@ -361,7 +374,7 @@ class LocalLauncher:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         forwarded = 0
         try:
-            while queue or running:
+            while running or (queue and not self.stop_requested):
                 while queue and len(running) < self.jobs and not self.stop_requested:
                     running.append(self._start(sweep, *queue.popleft(), running))
                 if self.stop_requested > forwarded:
@@ -442,8 +455,9 @@ def slurm_executor(settings: SlurmSettings, jobs: int, threads: int, name: str
 
         executor = submitit.AutoExecutor(folder=folder)
         params: dict[str, Any] = {"timeout_min": settings.time_min, "cpus_per_task": threads,
-                                  "gpus_per_node": settings.gpus, "name": name,
-                                  "slurm_array_parallelism": jobs}
+                                  "gpus_per_node": settings.gpus, "name": name}
+        if jobs > 0:  # 0: as many at once as Slurm allows
+            params["slurm_array_parallelism"] = jobs
         if settings.partition:
             params["slurm_partition"] = settings.partition
         if settings.mem_gb:
@@ -468,9 +482,9 @@ class SlurmLauncher:
             jobs = [executor.submit(SweepJob(cmd, sweep.manifest["cwd"],
                                              run_env(self.threads, None),
                                              str(run.done(sweep.root))))
-                    for (run, _), cmd in zip(todo, commands)]
+                    for (run, _), cmd in zip(todo, commands, strict=True)]
         waiting = {}
-        for (run, how), cmd, job in zip(todo, commands, jobs):
+        for (run, how), cmd, job in zip(todo, commands, jobs, strict=True):
             sweep.started(run, how, cmd, log=str(job.paths.stdout), job_id=str(job.job_id))
             waiting[job.job_id] = (run, job, time.time())
         print(f"submitted {len(jobs)} job(s); waiting (stopping this process leaves them "
@@ -562,8 +576,11 @@ def sweep(cfg: SweepConfig, fixed: list[str],
     `make_executor(folder)` replaces submitit's AutoExecutor (tests pass a LocalExecutor).
     """
     root, entry, grid = prepare(cfg, fixed)
-    gpus = visible_gpus(fixed) if cfg.launcher == "local" else []
-    jobs, threads = jobs_and_threads(cfg.jobs, cfg.threads, len(gpus))
+    if cfg.launcher == "local":
+        gpus = visible_gpus(fixed)
+        jobs, threads = jobs_and_threads(cfg.jobs, cfg.threads, len(gpus))
+    else:  # the cluster's cores, not this machine's
+        gpus, jobs, threads = [], cfg.jobs, cfg.threads or 1
     if cfg.dry_run:
         root_exists = (root / MANIFEST).is_file()
         manifest = merge_manifest(root, entry, grid, cfg.seeds, fixed) if root_exists else None
