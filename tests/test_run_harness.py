@@ -382,3 +382,26 @@ def test_a_checkpoint_in_an_unknown_layout_is_one_line(tmp_path, capsys, finishe
     torch.save(ckpt, path)
     code, message = run_cli([*TINY, f"--output_dir={out}", "--resume=True"], capsys)
     assert_one_line_error(code, message, "is not in a known layout")
+
+
+def test_overwrite_refuses_home_and_a_filesystem_root(tmp_path, capsys, monkeypatch, finished_run):
+    home = copy_of(finished_run, tmp_path)  # a run of ours, but it is the user's home
+    monkeypatch.setenv("HOME", str(home))
+    before = files_of(home)
+    code, message = run_cli([*TINY, f"--output_dir={home}", "--overwrite=True"], capsys)
+    assert_one_line_error(code, message, "it is or holds home")
+    assert files_of(home) == before
+    code, message = run_cli([*TINY, "--output_dir=/", "--overwrite=True"], capsys)
+    assert_one_line_error(code, message, "--overwrite refuses to replace /")
+
+
+def test_wandb_online_without_a_server_is_one_line_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "run"
+    args = [a for a in TINY if not a.startswith("--wandb.mode")]
+    code, message = run_cli([*args, "--wandb.mode=online", "--wandb.init_timeout=3",
+                             f"--output_dir={out}"], capsys)
+    assert_one_line_error(code, message, "--wandb.mode=online: wandb could not start")
+    assert not (out / "checkpoints").exists()

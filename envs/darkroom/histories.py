@@ -98,7 +98,7 @@ class HistoriesConfig:
         return Path(self.plot) if self.plot else Path(self.out).with_suffix(".png")
 
 
-# Settings that reach near-optimal return within each history (measured, see README).
+# Settings that reach near-optimal return within each history (measured, see docs/darkroom.md).
 DEFAULT_CONFIGS: dict[str, HistoriesConfig] = {
     "darkroom": HistoriesConfig(),
     "darkroom-hard": HistoriesConfig(
