@@ -226,7 +226,7 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_lock(
         (["--ppo.clip_coef=-0.1"], "--ppo.clip_coef=-0.1 is out of range"),
         (["--ppo.num_envs=0"], "--ppo.num_envs=0 is out of range; allowed: >= 1"),
         (["--save_interval=0"], "--save_interval=0 is out of range"),
-        (["--env.num_cells=0"], "env.num_cells"),
+        (["--env.initial_cells=0"], "--env.initial_cells=0 is out of range"),
     ],
 )
 def test_ppo_values_out_of_range_are_one_line_and_write_nothing(tmp_path, capsys, flags, needle):

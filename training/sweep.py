@@ -472,7 +472,7 @@ class SlurmLauncher:
     """Submits the runs' command lines as one batch (a job array) and waits for them."""
 
     def __init__(self, make_executor: Callable[[Path], Any], threads: int,
-                 poll_s: float = 5.0) -> None:
+                 poll_s: float = 1.0) -> None:
         self.make_executor, self.threads, self.poll_s = make_executor, threads, poll_s
 
     def launch(self, sweep: Sweep, todo: list[tuple[RunSpec, str]]) -> None:
