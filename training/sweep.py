@@ -359,7 +359,7 @@ class Running:
 
 
 class LocalLauncher:
-    """Runs at once as subprocesses of this process, each pinned to its threads (and GPU)."""
+    """Up to `jobs` runs at once, subprocesses of this one, each pinned to its threads and GPU."""
 
     def __init__(self, jobs: int, threads: int, gpus: list[str], poll_s: float = 0.2) -> None:
         self.jobs, self.threads, self.gpus, self.poll_s = jobs, threads, gpus, poll_s

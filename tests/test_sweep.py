@@ -1,0 +1,303 @@
+"""Sweeps and their reports (training/sweep.py, training/report.py), as a user meets them.
+
+A real sweep of tiny Dark Room AD runs (2 seeds x 2 learning rates) is SIGKILLed with its
+runs mid-study and run again: finished runs are skipped untouched, the interrupted one
+resumes from its checkpoint, the rest start. The report's numbers are rliable's own, the
+Slurm path runs through submitit's LocalExecutor, bad input is one line and exit status 2.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import report as report_mod
+from training import sweep as sweep_mod
+from training.cli import run_main
+
+REPO = Path(__file__).resolve().parents[1]
+LRS = ("0.001", "0.0003")
+METRIC = "eval/return_last_1_episodes"  # Dark Room's headline at --eval_episodes=2
+
+
+def tiny_flags(histories: Path) -> list[str]:
+    """Tiny AD runs; 30 steps with a checkpoint at each, so that a kill lands between two."""
+    return ["--env_name=darkroom", "--agent=ad", f"--dataset={histories}", "--offline_steps=30",
+            "--save_interval=1", "--batch_size=4", "--eval_episodes=2", "--eval_interval=0",
+            "--log_interval=1", "--device=cpu", "--wandb.mode=disabled", "--agent.n_layer=1",
+            "--agent.d_model=16", "--agent.n_head=2"]
+
+
+def sweep_argv(root: Path, histories: Path, jobs: int) -> list[str]:
+    return ["--entry", "train_bc.py", "--sweep_dir", str(root), "--seeds", "0", "1",
+            "--grid", f"agent.lr={','.join(LRS)}", "--jobs", str(jobs), "--threads", "1",
+            "--", *tiny_flags(histories)]
+
+
+def files_of(*paths: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under the paths: (mtime_ns, bytes)."""
+    found = {}
+    for path in paths:
+        for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            found[str(f)] = (f.stat().st_mtime_ns, f.read_bytes())
+    return found
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def study(histories, tmp_path_factory):
+    """A sweep killed (SIGKILL, the sweep and its runs) once one run has finished and the next
+    has a checkpoint, then run again to the end; what the test needs to look at."""
+    root = tmp_path_factory.mktemp("sweeps") / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "training.sweep"]
+    first, second = root / f"agent.lr={LRS[0]}/seed=0", root / f"agent.lr={LRS[0]}/seed=1"
+    with open(tmp_path_factory.mktemp("logs") / "killed.log", "w") as log:
+        killed = subprocess.Popen([*cmd, *sweep_argv(root, histories, jobs=1)], cwd=REPO,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            wait_for(lambda: (Path(f"{first}.done").is_file()
+                              and (second / "checkpoints" / "last.pt").is_file())
+                     or killed.poll() is not None, 240, "a finished run and a checkpoint")
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait()
+    before = {"finished": files_of(first, Path(f"{first}.log"), Path(f"{first}.done")),
+              "second_final": (second / "final_metrics.json").exists(),
+              "manifest": json.loads((root / "sweep.json").read_text())}
+    # Three runs left: all at once (on 2 cores a third process costs less than a round).
+    rerun = subprocess.run([*cmd, *sweep_argv(root, histories, jobs=3)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    return {"root": root, "first": first, "second": second, "before": before,
+            "out": rerun.stdout, "manifest": json.loads((root / "sweep.json").read_text())}
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(study):
+    root, first, second = study["root"], study["first"], study["second"]
+    runs = study["manifest"]["runs"]
+    assert list(runs) == [f"agent.lr={lr}/seed={s}" for lr in LRS for s in (0, 1)]
+    assert all(r["status"] == "finished" and r["exit_code"] == 0 for r in runs.values())
+    # The finished run was skipped: not one byte or timestamp of it changed.
+    assert files_of(first, Path(f"{first}.log"), Path(f"{first}.done")) == \
+        study["before"]["finished"]
+    assert runs[f"agent.lr={LRS[0]}/seed=0"]["attempts"] == 1
+    assert "4 runs, 1 finished, 3 to run" in study["out"]
+    # The killed run had a checkpoint and no result: it resumed (not restarted) and finished.
+    assert not study["before"]["second_final"]
+    assert study["before"]["manifest"]["runs"][f"agent.lr={LRS[0]}/seed=1"]["status"] == "running"
+    info = runs[f"agent.lr={LRS[0]}/seed=1"]
+    assert info["how"] == "resume" and info["attempts"] == 2
+    assert "--resume=True" in info["command"]
+    resumes = json.loads((second / "config.json").read_text())["resumes"]
+    assert len(resumes) == 1 and 1 <= resumes[0]["step"] <= 30
+    lines = (second / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if "train/loss" in line]
+    assert steps == list(range(1, 31))  # each step once: the resume rewound what it redid
+    assert (second / "final_metrics.json").is_file()
+    # The others started afresh; every run in its readable directory, its log and marker beside.
+    for name, info in runs.items():
+        assert (root / name / "run.json").is_file() and Path(f"{root / name}.done").is_file()
+        assert info["flags"][-3:] == [f"--seed={info['seed']}", f"--output_dir={root / name}",
+                                      f"--wandb.group={root.name}"]
+        assert f"--agent.lr={info['config']['agent.lr']}" in info["flags"]
+        assert "--threads=1" in info["command"]
+    assert study["manifest"]["grid"] == {"agent.lr": list(LRS)}
+
+
+@pytest.mark.filterwarnings("ignore:random_state is deprecated:FutureWarning")
+def test_report_equals_rliable(study, tmp_path, capsys):
+    from rliable import library as rly
+    from rliable import metrics
+
+    out = tmp_path / "report"
+    report_mod.main([str(study["root"]), "--reps", "300", "--seed", "3", "--out", str(out)])
+    assert f"metric: {METRIC} (default" in capsys.readouterr().out
+    runs = study["manifest"]["runs"]
+    scores = {}
+    for lr in LRS:
+        finals = [json.loads((study["root"] / n / "final_metrics.json").read_text())[METRIC]
+                  for n, r in runs.items() if r["config"]["agent.lr"] == lr]
+        scores[f"agent.lr={lr}"] = np.array(finals)[:, None]
+    points, cis = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]),
+        reps=300, random_state=np.random.RandomState(3))
+    a, b = scores
+    pairs = {"ab": (scores[a], scores[b]), "ba": (scores[b], scores[a])}
+    p_points, p_cis = rly.get_interval_estimates(
+        pairs, metrics.probability_of_improvement, reps=300,
+        random_state=np.random.RandomState(3))
+
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["metric"] == METRIC and saved["curve_metric"] == "train/loss"
+    table = (out / "report.md").read_text()
+    for config in saved["configs"]:
+        label = config["config"]
+        assert config["runs"] == config["planned"] == 2
+        assert config["scores"] == scores[label][:, 0].tolist()
+        for i, name in enumerate(("mean", "iqm")):
+            assert config[name] == [points[label][i], *cis[label][:, i]]
+        cell = report_mod.with_ci
+        assert f"| {label} | 2/2 | {cell(config['mean'])} | {cell(config['iqm'])} |" in table
+    poi = {(p["x"], p["y"]): [p["p"], *p["ci"]] for p in saved["probability_of_improvement"]}
+    assert poi[(a, b)] == [p_points["ab"], *np.ravel(p_cis["ab"])]
+    assert poi[(b, a)] == [p_points["ba"], *np.ravel(p_cis["ba"])]
+    assert f"| {a} | — | {report_mod.with_ci(poi[(a, b)])} |" in table
+    assert "Fewer than 3 runs" in table  # 2 seeds: said plainly
+    for png in ("intervals.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Reproducible: the same seed gives the same report.
+    again = tmp_path / "again"
+    report_mod.main([str(study["root"]), "--reps", "300", "--seed", "3", "--out", str(again)])
+    assert (again / "report.json").read_text() == (out / "report.json").read_text()
+
+
+def test_changed_experiment_refused(study, histories, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    argv = sweep_argv(study["root"], histories, jobs=1)
+    changed = [*argv[:-1], "--agent.n_head=4"]  # other fixed flags
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: sweep_mod.main(changed))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "fixed flags" in err and "\n" not in err
+    other_grid = [*argv[: argv.index("--grid")], "--grid", "agent.dropout=0,0.1",
+                  *argv[argv.index("--grid") + 2 :]]
+    with pytest.raises(SystemExit):
+        run_main(lambda: sweep_mod.main(other_grid))
+    assert "sweeps agent.lr, not agent.dropout" in capsys.readouterr().err
+
+
+def test_slurm_path_with_local_executor(histories, tmp_path):
+    import submitit
+
+    root = tmp_path / "slurm_study"
+
+    def local_executor(folder: Path):
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=5)
+        return executor
+
+    argv = ["--entry", str(REPO / "train_bc.py"), "--sweep_dir", str(root), "--seeds", "0",
+            "--launcher", "slurm", "--threads", "1", "--",
+            *[f for f in tiny_flags(histories) if "offline_steps" not in f], "--offline_steps=2"]
+    assert sweep_mod.main(argv, make_executor=local_executor) == 0
+    info = json.loads((root / "sweep.json").read_text())["runs"]["seed=0"]
+    assert info["status"] == "finished" and info["job_id"]
+    assert Path(info["log"]).is_file() and str(root / "submitit") in info["log"]
+    assert (root / "seed=0.done").is_file() and (root / "seed=0" / "final_metrics.json").is_file()
+    # Run again: nothing is submitted.
+    assert sweep_mod.main(argv, make_executor=lambda folder: pytest.fail("submitted")) == 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--entry", "nope.py", "--sweep_dir", "S"], "no such entry script"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--grid", "agent.lr"], "FLAG=V1,V2"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--grid", "agent.lr=1,,2"], "empty value"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--grid", "a=1", "--grid", "a=2"], "twice"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--", "--seed=3"], "use --seeds"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--", "--output_dir=x"], "sets --output_dir"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--grid", "a=1", "--", "--a=2"],
+     "both a fixed flag and a --grid flag"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--seeds", "1", "1"], "distinct seeds"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--launcher", "pbs"], "unknown launcher"),
+])
+def test_bad_input_is_one_line(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    argv = [str(tmp_path / "S") if a == "S" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: sweep_mod.main(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err, err
+    assert not (tmp_path / "S").exists()  # refused before anything was written
+
+
+def test_report_bad_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: report_mod.main([str(tmp_path)]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no sweep.json") and "\n" not in err
+
+
+def fake_run(root: Path, name: str, final: dict | None, curve: list[float], done: bool) -> None:
+    """A run directory as train_ppo leaves one: metrics.jsonl, no final_metrics.json."""
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "run.json").write_text("{}")
+    (path / "config.json").write_text(json.dumps({"wandb": {"project": "p", "group": "g"}}))
+    records = [{"step": 8 * (i + 1), "charts/success_rate": v} for i, v in enumerate(curve)]
+    if final is not None:
+        records.append({"step": 8 * len(curve), **final})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if done:
+        Path(f"{path}.done").write_text("{}")
+
+
+def test_report_lists_what_it_leaves_out(tmp_path, monkeypatch):
+    """Unfinished runs, runs without the metric and short configurations are named."""
+    root = tmp_path / "fake"
+    runs = {}
+    for mode, finals in (("all", [0.5, 0.75, None]), ("last_block", [0.25, 1.0, 0.5])):
+        for seed, value in enumerate(finals):
+            name = f"backbone.freeze_mode={mode}/seed={seed}"
+            finished = not (mode == "last_block" and seed == 2)
+            final = {"eval/success_rate": value} if value is not None else {"eval/other": 1.0}
+            fake_run(root, name, final, [0.1 * seed, 0.2, 0.3], finished)
+            runs[name] = {"dir": name, "config": {"backbone.freeze_mode": mode}, "seed": seed,
+                          "status": "finished" if finished else "failed"}
+    (root / "sweep.json").write_text(json.dumps({"entry": "train_ppo.py", "seeds": [0, 1, 2],
+                                                 "grid": {"backbone.freeze_mode": []},
+                                                 "runs": runs}))
+    logged = {}
+
+    class FakeRun:
+        def log(self, values):
+            logged.update(values)
+
+        def finish(self):
+            logged["finished"] = True
+
+    class FakeWandb:
+        Table = staticmethod(lambda columns, data: ("table", columns, data))
+        Image = staticmethod(lambda path: ("image", path))
+
+        @staticmethod
+        def init(**kwargs):
+            logged["init"] = kwargs
+            return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    rep = report_mod.main([str(root), "--reps", "50", "--wandb.mode", "offline"])
+    assert rep.metric == "eval/success_rate" and rep.curve_metric == "charts/success_rate"
+    assert set(rep.left_out) == {
+        "backbone.freeze_mode=all/seed=2: no finite eval/success_rate in its final metrics",
+        "backbone.freeze_mode=last_block/seed=2: not finished (failed)",
+        "backbone.freeze_mode=all: 2 of 3 runs", "backbone.freeze_mode=last_block: 2 of 3 runs"}
+    table = (root / "report" / "report.md").read_text()
+    assert "| backbone.freeze_mode=all | 2/3 | 0.625 [" in table
+    assert "- backbone.freeze_mode=last_block/seed=2: not finished (failed)" in table
+    # Logged to wandb in the runs' project and group: the table and both figures.
+    assert logged["init"]["project"] == "p" and logged["init"]["group"] == "g"
+    assert logged["report/table"][2][0][:3] == ["backbone.freeze_mode=all", 2, 3]
+    assert {"report/intervals", "report/curves", "finished"} <= set(logged)
+    # Lower is better: P(X > Y) flips.
+    rep_low = report_mod.main([str(root), "--reps", "50", "--metric", "eval/success_rate",
+                               "--higher_is_better=False", "--out", str(tmp_path / "low")])
+    a, b = rep.labels
+    assert rep_low.improvement[(a, b)][0] == rep.improvement[(b, a)][0]
