@@ -171,8 +171,10 @@ class Run:
             )
         )
         self.ckpt_path = self.dir / "checkpoints" / "last.pt"
-        if self.world.is_main and self.dir.is_dir() and any(self.dir.iterdir()):
-            self._lock = RunDirLock(self.dir)  # resume or overwrite: nobody else may be in it
+        if self.dir.is_dir() and any(self.dir.iterdir()):
+            # Resume or overwrite: nobody else may be in it. Rank 0 holds the lock; the
+            # others learn only whether it was refused.
+            self._lock = self._on_main(lambda: RunDirLock(self.dir), share_result=False)
 
     # ----- setup ---------------------------------------------------------------------------
 
@@ -181,8 +183,9 @@ class Run:
         """Rank 0: the process that logs, evaluates and writes checkpoints."""
         return self.world.is_main
 
-    def _on_main(self, fn: Callable[[], Any]) -> Any:
-        """fn() on rank 0, its result (or its error) on every rank, so no rank waits alone."""
+    def _on_main(self, fn: Callable[[], Any], share_result: bool = True) -> Any:
+        """fn() on rank 0; its error (and its result, unless share_result is False: the
+        others get None) on every rank, so that no rank waits alone for a collective."""
         if not self.world.enabled:
             return fn()
         result, error = None, None
@@ -191,10 +194,10 @@ class Run:
                 result = fn()
             except (ValueError, FileNotFoundError, FileExistsError, RunDirError) as err:
                 error = err
-        result, error = broadcast_object((result, error), self.world)
+        shared, error = broadcast_object((result if share_result else None, error), self.world)
         if error is not None:
             raise error
-        return result
+        return result if self.world.is_main else shared
 
     def _check_resume(self) -> dict[str, tuple[Any, Any]]:
         path = self.dir / "config.json"
