@@ -38,7 +38,7 @@ from agents.rollout_buffer import RolloutBuffer
 from encoders import EncoderConfig
 from encoders.config import Arch, FreezeMode, InputAdapter, Pooling
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore
-from envs.durotaxis.core import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
+from envs.durotaxis.config import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
 from envs.durotaxis.evaluation import (
     evaluation_seed,
     floor_and_ceiling,

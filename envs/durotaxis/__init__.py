@@ -1,6 +1,7 @@
 """Durotaxis: a cluster of cells climbing a stiffness gradient (one package per environment).
 
-    core.py           DurotaxisConfig, the hashing RNG, DurotaxisCore (the batched engine)
+    config.py         DurotaxisConfig, the action space (kinds, parameter bounds)
+    core.py           the hashing RNG, DurotaxisCore (the batched engine)
     gymnasium_env.py  DurotaxisEnv and DurotaxisVectorEnv (Gymnasium API, Durotaxis-v0)
     baselines.py      random_policy (floor), heuristic_policy (ceiling); their command line
     evaluation.py     run_episodes, greedy_policy
@@ -13,11 +14,12 @@ first used (envs/_lazy.py).
 from envs._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "core": (
+    "config": (
         "SPAWN", "DELETE", "HOLD", "KIND_NAMES", "PARAM_NAMES", "PARAM_LOW", "PARAM_HIGH",
         "PARAMS_USED", "FAIL_NONE", "FAIL_NO_CELLS", "FAIL_TOO_MANY", "FAIL_OUT_OF_BOUNDS",
-        "DurotaxisConfig", "DurotaxisCore", "hash_uniform",
+        "DurotaxisConfig",
     ),
+    "core": ("DurotaxisCore", "hash_uniform"),
     "gymnasium_env": ("DurotaxisEnv", "DurotaxisVectorEnv"),
     "baselines": ("random_policy", "heuristic_policy"),
     "evaluation": ("run_episodes", "greedy_policy"),
