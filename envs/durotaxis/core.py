@@ -320,10 +320,20 @@ class DurotaxisCore:
         return reward, terminated, truncated, info
 
     def autoreset_step(
-        self, kind: torch.Tensor, params: torch.Tensor
+        self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Step, reset finished envs in the same step, observe (the training loop's form)."""
+        """Step, reset finished envs in the same step, observe (the training loop's form).
+
+        With final_obs, info["truncated_rows"] holds the indices of the envs whose episode
+        the time limit cut and info["final_obs"] their last observation (before the
+        reset), to bootstrap from V(final observation); finding those rows is one host
+        read per step, so it is asked for, not default.
+        """
         reward, terminated, truncated, info = self.step(kind, params)
+        if final_obs:
+            rows = truncated.nonzero().squeeze(-1)
+            info["truncated_rows"] = rows
+            info["final_obs"] = self.observe()[rows] if rows.numel() else self.observe()[:0]
         self.reset_where(terminated | truncated)
         return self.observe(), reward, terminated, truncated, info
 
