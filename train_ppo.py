@@ -37,11 +37,11 @@ from agents.ppo import PPOConfig, ppo_loss, ppo_update
 from agents.rollout_buffer import RolloutBuffer
 from encoders import EncoderConfig
 from encoders.config import Arch, FreezeMode, InputAdapter, Pooling
-from envs.durotaxis import DurotaxisConfig, DurotaxisCore
-from envs.durotaxis.config import PARAM_HIGH, PARAM_LOW, PARAMS_USED, SPAWN
+from envs.durotaxis.config import PARAMS_USED, SPAWN, DurotaxisConfig
+from envs.durotaxis.engine import DurotaxisEngine, make_engine
 from envs.durotaxis.evaluation import (
+    baselines_on_evaluation_seeds,
     evaluation_seed,
-    floor_and_ceiling,
     greedy_policy,
     run_episodes,
 )
@@ -126,8 +126,13 @@ class TrainPPOConfig:
 
 # Kept for scripts written against the first version.
 TrainConfig = TrainPPOConfig
-# Durotaxis's hybrid action, as the actor-critic takes it.
-DUROTAXIS_ACTION = HybridActionSpec(PARAM_LOW, PARAM_HIGH, PARAMS_USED, favoured_kind=SPAWN)
+def durotaxis_action(env: DurotaxisConfig) -> HybridActionSpec:
+    """Durotaxis's hybrid action with this config's bounds, as the actor-critic takes it."""
+    return HybridActionSpec(env.param_low, env.param_high, PARAMS_USED, favoured_kind=SPAWN)
+
+
+# The easy preset's action (the first version's bounds), for scripts written against it.
+DUROTAXIS_ACTION = durotaxis_action(DurotaxisConfig(preset="easy"))
 
 
 def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
@@ -138,7 +143,7 @@ def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
         return tuple(model.encode_prefix(dummy).shape[1:])
 
 
-def collect_rollout(model: HybridActorCritic, envs: DurotaxisCore, buffer: RolloutBuffer,
+def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: RolloutBuffer,
                     next_obs: torch.Tensor, cfg: TrainPPOConfig, device: torch.device
                     ) -> torch.Tensor:
     """Fill the buffer with num_steps steps of every environment; no host round-trips inside.
@@ -182,7 +187,7 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
     """Deterministic evaluation on the evaluation seeds, the episode GIF, the learning curve."""
     out: dict[str, float] = {}
     if cfg.eval_episodes > 0:
-        envs = DurotaxisCore(cfg.env, cfg.eval_episodes, run.device)
+        envs = make_engine(cfg.env, cfg.eval_episodes, run.device)
         stats = run_episodes(envs, greedy_policy(model), seed=evaluation_seed(cfg.run.seed))
         out = {"eval/success_rate": stats["success_rate"], "eval/mean_return": stats["mean_return"],
                "eval/mean_length": stats["mean_length"], **baselines}
@@ -201,15 +206,15 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
 
 def train(cfg: TrainPPOConfig) -> dict[str, float]:
     """Set up through the harness, then collect_rollout / update per iteration, evaluate."""
-    name = f"ppo_durotaxis_{cfg.backbone.freeze_mode}_s{cfg.run.seed}"
+    name = f"ppo_durotaxis_{cfg.env.preset}_{cfg.backbone.freeze_mode}_s{cfg.run.seed}"
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_ppo") as run:
         world, device, ppo = run.world, run.device, cfg.ppo
         # Each rank steps its own ppo.num_envs environments; total_timesteps counts them all.
         num_iterations = max(1, ppo.total_timesteps // (ppo.batch_size * world.world_size))
-        envs = DurotaxisCore(cfg.env, ppo.num_envs, device)
+        envs = make_engine(cfg.env, ppo.num_envs, device)
         obs_shape = (cfg.env.channels, cfg.env.image_size, cfg.env.image_size)
         model = HybridActorCritic(cfg.backbone.encoder_config(), obs_shape, cfg.agent,
-                                  action=DUROTAXIS_ACTION)
+                                  action=durotaxis_action(cfg.env))
         model = model.to(device).eval()
         to_channels_last(model, cfg.run.channels_last)
         optimizer = build_optimizer(model, backbone_lr=cfg.backbone.backbone_lr,
@@ -247,7 +252,8 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
                                 device)
         loss_fn = with_autocast(loss_fn, device, cfg.run.amp)
         if cfg.eval_episodes > 0 and not baselines and run.is_main:
-            baselines = floor_and_ceiling(cfg.env, cfg.eval_episodes, cfg.run.seed, device)
+            baselines = baselines_on_evaluation_seeds(cfg.env, cfg.eval_episodes, cfg.run.seed,
+                                                      device)
             logger.log(baselines, step=global_step)
 
         buffer = RolloutBuffer(ppo.num_steps, ppo.num_envs, obs_shape=obs_shape,

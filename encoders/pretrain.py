@@ -9,8 +9,9 @@ another) and a linear head regress quantities the data already holds from its im
 
 - lift: the cube position (obs/object[:3]) and the end-effector position
   (obs/robot0_eef_pos) from the camera images of a robomimic file; held out by demo.
-- durotaxis: the gradient direction (cos, sin) and the distance from the image centre to
-  the stiff edge, from seeded rollouts of DurotaxisCore; held out by environment seed.
+- durotaxis: the direction (cos, sin) and distance from the image centre (the cluster's
+  centroid) to the goal, from seeded rollouts of the standard preset; held out by
+  environment seed.
 
 Targets are standardised with the training frames' statistics and the head starts at
 zero, so the held-out MSE reported before training is that of predicting the training

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from envs.durotaxis.core import DurotaxisConfig
+    from envs.durotaxis.config import DurotaxisConfig
 
 # Durotaxis held-out environments are seeded this far from the training ones: an
 # environment's key is seed + index, so the two key ranges never meet below 1e6 envs.
@@ -168,9 +168,9 @@ def _held_out_demos(count: int, val_fraction: float, seed: int, path: Path) -> l
     return sorted(int(i) for i in order[:num_held])
 
 
-# ----- Durotaxis: which way is stiff, and how far is the stiff edge -----------------------
+# ----- Durotaxis: which way the goal is, and how far ----------------------------------
 
-DUROTAXIS_GROUPS = {"gradient_direction": [0, 1], "stiff_edge_distance": [2]}
+DUROTAXIS_GROUPS = {"goal_direction": [0, 1], "goal_distance": [2]}
 
 
 def durotaxis_data(
@@ -183,13 +183,14 @@ def durotaxis_data(
     num_envs: int,
     device: torch.device,
 ) -> PretrainData:
-    """Observations of seeded Durotaxis rollouts; targets the gradient direction (cos, sin)
-    and the distance from the cluster's centroid (the image centre) to the stiff edge.
+    """Observations of seeded Durotaxis rollouts (standard preset); targets the direction
+    from the cluster's centroid (the image centre) to the goal (cos, sin) and its distance
+    (the engine's `probe_targets`).
 
     Held-out frames come from environments seeded apart from the training ones.
     """
     # Lazy: encoders/ must not import envs/ at module level (see the module docstring).
-    from envs.durotaxis.core import DurotaxisConfig
+    from envs.durotaxis.config import DurotaxisConfig
 
     num_held = max(1, round(val_fraction * frames))
     if frames - num_held < 1:
@@ -214,9 +215,9 @@ def durotaxis_data(
             "train_env_seed": seed,
             "held_out_env_seed": seed + HELD_OUT_SEED_OFFSET,
             "num_envs": num_envs,
-            "policy": "per step and env: heuristic (up the gradient) or uniform random, 50/50",
-            "targets": "gradient_direction = (cos, sin) of grad_dir; stiff_edge_distance = "
-            "(half_width - centroid . grad_dir) / half_width",
+            "policy": "per step and env: privileged (to the goal) or uniform random, 50/50",
+            "targets": "goal_direction = (cos, sin) from the centroid to the goal; "
+            "goal_distance = centroid's distance to the goal / start_distance",
         },
     )
 
@@ -226,24 +227,23 @@ def _durotaxis_frames(
 ) -> RegressionSet:
     """`count` observations and labels from `num_envs` environments seeded `seed`.
 
-    The actions mix the privileged heuristic (which climbs to the stiff edge) with uniform
+    The actions mix the privileged policy (which migrates to the goal) with uniform
     random actions (which wander and end episodes early), so that frames cover the whole
-    substrate, not only the start region where random episodes stay.
+    way, not only the start region where random episodes stay.
     """
-    from envs.durotaxis.baselines import heuristic_policy, random_policy
-    from envs.durotaxis.core import DurotaxisCore
+    from envs.durotaxis.baselines import privileged_policy, random_policy
+    from envs.durotaxis.engine import make_engine
 
-    env = DurotaxisCore(config, num_envs, device)
+    env = make_engine(config, num_envs, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     obs = env.reset(seed=seed)
     images, targets, have = [], [], 0
     while have < count:
-        distance = (config.half_width - (env.centroid * env.grad_dir).sum(-1)) / config.half_width
         images.append(obs)
-        targets.append(torch.cat([env.grad_dir, distance[:, None]], dim=1))
+        targets.append(env.probe_targets())
         have += num_envs
         kind_r, params_r = random_policy(env, gen)
-        kind_h, params_h = heuristic_policy(env)
+        kind_h, params_h = privileged_policy(env)
         greedy = torch.rand(num_envs, device=device, generator=gen) < 0.5
         kind = torch.where(greedy, kind_h, kind_r)
         params = torch.where(greedy[:, None], params_h, params_r)

@@ -30,7 +30,7 @@ from envs.durotaxis import (
     run_episodes,
 )
 
-SMALL = DurotaxisConfig(image_size=32)
+SMALL = DurotaxisConfig(preset="easy", image_size=32)
 
 
 def _rollout(core: DurotaxisCore, seed: int, steps: int, action_seed: int = 0):
@@ -104,7 +104,7 @@ def test_check_env_passes_on_the_single_env():
 
 
 def test_observations_and_state_stay_in_bounds():
-    config = DurotaxisConfig(image_size=32, max_cells=5)
+    config = DurotaxisConfig(preset="easy", image_size=32, max_cells=5)
     space = DurotaxisEnv(config=config).observation_space
     core = DurotaxisCore(config, 32)
     core.reset(seed=0)
@@ -139,7 +139,7 @@ def test_out_of_range_parameters_are_clamped_to_the_action_bounds():
 
 
 def test_spawn_distance_follows_the_hill_equation():
-    core = DurotaxisCore(DurotaxisConfig(image_size=32, profile="exponential"), 1)
+    core = DurotaxisCore(DurotaxisConfig(preset="easy", image_size=32, profile="exponential"), 1)
     core.reset(seed=11)
     direction = -core.grad_dir  # toward the soft side: stays on the substrate
     leading = (core.pos[0] * direction[0]).sum(-1).masked_fill(~core.alive[0], -math.inf).argmax()
@@ -157,7 +157,7 @@ def test_spawn_distance_follows_the_hill_equation():
 
 
 def test_profiles_span_their_formulas():
-    c = DurotaxisConfig()
+    c = DurotaxisConfig(preset="easy")
     core = DurotaxisCore(c, 1)
     r = c.half_width
     ends = torch.tensor([-r, r])
@@ -168,7 +168,7 @@ def test_profiles_span_their_formulas():
 
 
 def test_gradient_direction_is_random_per_episode_and_visible_in_the_image():
-    core = DurotaxisCore(DurotaxisConfig(profile="linear"), 256)
+    core = DurotaxisCore(DurotaxisConfig(preset="easy", profile="linear"), 256)
     obs = core.reset(seed=0).float()[:, 0]
     angles = torch.atan2(core.grad_dir[:, 1], core.grad_dir[:, 0])
     counts = torch.histc(angles, bins=8, min=-math.pi, max=math.pi)
@@ -190,7 +190,7 @@ def _core_with(kind_config=None, seed=0):
 
 
 def test_deleting_the_last_cell_fails():
-    core = _core_with(DurotaxisConfig(image_size=32, initial_cells=1))
+    core = _core_with(DurotaxisConfig(preset="easy", image_size=32, initial_cells=1))
     reward, term, trunc, info = core.step(torch.tensor([DELETE]), torch.zeros(1, 5))
     assert bool(term[0]) and not bool(trunc[0])
     assert int(info["failure"][0]) == FAIL_NO_CELLS and int(core.num_cells()[0]) == 0
@@ -198,7 +198,7 @@ def test_deleting_the_last_cell_fails():
 
 
 def test_spawning_beyond_max_cells_fails():
-    core = _core_with(DurotaxisConfig(image_size=32, initial_cells=3, max_cells=3))
+    core = _core_with(DurotaxisConfig(preset="easy", image_size=32, initial_cells=3, max_cells=3))
     params = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.05]])
     _, term, _, info = core.step(torch.tensor([SPAWN]), params)
     assert bool(term[0]) and int(info["failure"][0]) == FAIL_TOO_MANY
@@ -217,7 +217,7 @@ def test_leaving_through_the_soft_edge_fails():
 
 
 def test_holding_truncates_at_max_steps():
-    core = _core_with(DurotaxisConfig(image_size=32, max_steps=5))
+    core = _core_with(DurotaxisConfig(preset="easy", image_size=32, max_steps=5))
     for step in range(5):
         reward, term, trunc, _ = core.step(torch.tensor([HOLD]), torch.zeros(1, 5))
         assert float(reward[0]) == 0.0 and not bool(term[0])
@@ -234,7 +234,7 @@ def test_heuristic_is_the_ceiling_and_random_the_floor():
 
 
 def test_progress_reward_sums_to_net_progress():
-    core = _core_with(DurotaxisConfig(image_size=32, success_bonus=0.0), seed=5)
+    core = _core_with(DurotaxisConfig(preset="easy", image_size=32, success_bonus=0.0), seed=5)
     total = 0.0
     for _ in range(core.config.max_steps):
         reward, term, trunc, info = core.step(*heuristic_policy(core))

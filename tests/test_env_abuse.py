@@ -52,7 +52,7 @@ from envs.durotaxis import (
 )
 
 # Small images and short episodes: many resets, cheap steps.
-CONFIG = DurotaxisConfig(image_size=16, max_steps=6)
+CONFIG = DurotaxisConfig(preset="easy", image_size=16, max_steps=6)
 REWARD_BOUND = CONFIG.progress_reward + CONFIG.success_bonus + CONFIG.failure_penalty
 LOW = np.array(PARAM_LOW, np.float32)
 HIGH = np.array(PARAM_HIGH, np.float32)

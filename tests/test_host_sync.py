@@ -90,7 +90,7 @@ def test_fbc_update_has_no_host_read(tmp_path, freeze):
 
 
 def test_ppo_rollout_steps_have_no_host_read():
-    env_cfg = DurotaxisConfig(image_size=32)
+    env_cfg = DurotaxisConfig(preset="easy", image_size=32)
     envs = DurotaxisCore(env_cfg, 4, CPU)
     enc = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode="all")
     model = HybridActorCritic(enc, (1, 32, 32), HybridActorCriticConfig(hidden_dim=32),

@@ -62,38 +62,51 @@ def nothing_in(out: Path) -> bool:
 # ----- train_ppo: the Durotaxis environment and the hybrid actor-critic -----------------------
 
 
+EASY = "--env.preset=easy"  # the first version's settings are checked under its preset
+
+
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
         (["--env.channels=2"], "--env.channels=2 is out of range; allowed: 1 or 3"),
         (["--env.image_size=4"], "--env.image_size=4 is out of range; allowed: >= 8"),
         (["--env.max_cells=0"], "--env.max_cells=0 is out of range; allowed: >= 1"),
-        (["--env.initial_cells=0"], "--env.initial_cells=0 is out of range; allowed: "
+        ([EASY, "--env.initial_cells=0"], "--env.initial_cells=0 is out of range; allowed: "
                                     "1..env.max_cells (10)"),
         (["--env.initial_cells=4", "--env.max_cells=3"],
          "--env.initial_cells=4 is out of range; allowed: 1..env.max_cells (3)"),
         (["--env.max_steps=0"], "--env.max_steps=0 is out of range; allowed: >= 1"),
         (["--env.view_size=0"], "--env.view_size=0.0 is out of range; allowed: > 0"),
-        (["--env.half_width=-1"], "--env.half_width=-1.0 is out of range; allowed: > 0"),
-        (["--env.slope=0"], "--env.slope=0.0 is out of range; allowed: > 0"),
-        (["--env.intercept=0"], "--env.intercept=0.0 is out of range; allowed: > 0"),
-        (["--env.exp_rate=nan"], "--env.exp_rate=nan is out of range; allowed: > 0"),
-        (["--env.success_fraction=0"], "--env.success_fraction=0.0 is out of range; allowed: "
+        ([EASY, "--env.half_width=-1"], "--env.half_width=-1.0 is out of range; allowed: > 0"),
+        ([EASY, "--env.slope=0"], "--env.slope=0.0 is out of range; allowed: > 0"),
+        ([EASY, "--env.intercept=0"], "--env.intercept=0.0 is out of range; allowed: > 0"),
+        ([EASY, "--env.exp_rate=nan"], "--env.exp_rate=nan is out of range; allowed: > 0"),
+        ([EASY, "--env.success_fraction=0"], "--env.success_fraction=0.0 is out of range; allowed: "
                                        "(0, 1]"),
-        (["--env.success_fraction=1.5"], "--env.success_fraction=1.5 is out of range"),
+        ([EASY, "--env.success_fraction=1.5"], "--env.success_fraction=1.5 is out of range"),
         (["--env.progress_reward=inf"], "--env.progress_reward=inf is out of range; allowed: "
                                         ">= 0.0 and finite"),
         (["--env.success_bonus=-1"], "--env.success_bonus=-1.0 is out of range"),
         (["--env.failure_penalty=-0.5"], "--env.failure_penalty=-0.5 is out of range"),
         (["--env.start_spread=-1"], "--env.start_spread=-1.0 is out of range"),
         # Geometry: starting cells must lie on the substrate.
-        (["--env.start_spread=25"], "--env.start_spread=25.0 is out of range; allowed: 0..20 "
+        ([EASY, "--env.start_spread=25"], "--env.start_spread=25.0 is out of range; allowed: 0..20 "
                                     "(0.4 x env.half_width): starting cells must lie on the "
                                     "substrate"),
-        (["--env.half_width=5"], "--env.start_spread=3.0 is out of range; allowed: 0..2"),
+        ([EASY, "--env.half_width=5"], "--env.start_spread=3.0 is out of range; allowed: 0..2"),
         # The stiffness at the stiff edge must stay a float32 number.
-        (["--env.exp_rate=1"], "--env.exp_rate=1.0 is out of range; allowed: <= 0.6908"),
-        (["--env.slope=1e31"], "--env.slope=1e+31 is out of range with env.intercept=1.0"),
+        ([EASY, "--env.exp_rate=1"], "--env.exp_rate=1.0 is out of range; allowed: <= 0.6908"),
+        ([EASY, "--env.slope=1e31"], "--env.slope=1e+31 is out of range with env.intercept=1.0"),
+        # The migration presets' own settings.
+        (["--env.preset=medium"], "--env.preset"),
+        (["--env.goal_radius=500"], "--env.goal_radius=500.0 is out of range; allowed: below "
+                                    "env.start_distance (120.0)"),
+        (["--env.obs_noise=30"], "--env.obs_noise=30 is out of range; allowed: 0..27"),
+        (["--env.max_link=0"], "--env.max_link=0.0 is out of range; allowed: > 0"),
+        (["--env.gamma_range", "5", "1"], "--env.gamma_range=5.0 1.0 is out of range; allowed: "
+                                          "two finite numbers LOW HIGH with LOW <= HIGH"),
+        (["--env.start_stiffness", "0.5", "2"], "--env.start_stiffness=2.0 is out of range; "
+                                                "allowed: below the lowest peak stiffness"),
         (["--agent.hidden_dim=0"], "--agent.hidden_dim=0 is out of range; allowed: >= 1"),
         (["--agent.log_std_init=nan"], "--agent.log_std_init=nan is out of range; allowed: a "
                                        "finite number"),
@@ -114,7 +127,8 @@ def test_ppo_settings_out_of_range_are_one_line_and_write_nothing(tmp_path, caps
         ({"channels": 2}, "--env.channels=2 is out of range"),
         ({"image_size": 4}, "--env.image_size=4 is out of range"),
         ({"initial_cells": 0}, "--env.initial_cells=0 is out of range"),
-        ({"start_spread": 30.0}, "--env.start_spread=30.0 is out of range"),
+        ({"preset": "easy", "start_spread": 30.0}, "--env.start_spread=30.0 is out of range"),
+        ({"obs_noise": 99}, "--env.obs_noise=99 is out of range"),
     ],
 )
 def test_the_gymnasium_constructors_refuse_the_same_settings(overrides, needle):
@@ -127,9 +141,13 @@ def test_the_gymnasium_constructors_refuse_the_same_settings(overrides, needle):
 
 
 def test_the_default_durotaxis_settings_are_in_range():
-    config = DurotaxisConfig()
-    assert DurotaxisConfig(start_spread=0.4 * config.half_width).start_spread == 20.0
-    DurotaxisConfig(initial_cells=config.max_cells, success_fraction=1.0, progress_reward=0.0)
+    config = DurotaxisConfig(preset="easy")
+    assert DurotaxisConfig(preset="easy", start_spread=0.4 * config.half_width).start_spread == 20.0
+    DurotaxisConfig(preset="easy", initial_cells=config.max_cells, success_fraction=1.0,
+                    progress_reward=0.0)
+    for preset in ("standard", "hard"):
+        config = DurotaxisConfig(preset=preset)
+        DurotaxisConfig(preset=preset, initial_cells=config.max_cells, obs_noise=27)
 
 
 # ----- train_bc: fbc, ad, compressed_ad_pretrain, compressed_ad (all refused at parse time) ---

@@ -144,7 +144,7 @@ def play(env: DurotaxisCore, gen: torch.Generator, steps: int) -> list[torch.Ten
 
 
 def test_env_state_round_trip_continues_exactly(tmp_path):
-    cfg = DurotaxisConfig(image_size=16, max_steps=5)
+    cfg = DurotaxisConfig(preset="easy", image_size=16, max_steps=5)
     env = DurotaxisCore(cfg, 3)
     env.reset(seed=7)
     gen = torch.Generator().manual_seed(0)
@@ -162,7 +162,7 @@ def test_env_state_round_trip_continues_exactly(tmp_path):
 
 
 def test_env_state_holds_everything_that_changes_while_stepping():
-    env = DurotaxisCore(DurotaxisConfig(image_size=16, max_steps=3), 4)
+    env = DurotaxisCore(DurotaxisConfig(preset="easy", image_size=16, max_steps=3), 4)
 
     def tensors():
         return {k: v.clone() for k, v in vars(env).items() if isinstance(v, torch.Tensor)}
@@ -176,7 +176,7 @@ def test_env_state_holds_everything_that_changes_while_stepping():
 
 
 def test_env_state_of_another_batch_size_is_refused():
-    cfg = DurotaxisConfig(image_size=16)
+    cfg = DurotaxisConfig(preset="easy", image_size=16)
     state = DurotaxisCore(cfg, 2).state_dict()
     with pytest.raises(ValueError, match="environment state does not fit: keys"):
         DurotaxisCore(cfg, 3).load_state_dict(state)

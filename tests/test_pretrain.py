@@ -74,7 +74,7 @@ def test_durotaxis_cli_writes_a_body_that_weights_path_loads(tmp_path, capsys, o
     assert sidecar["train_frames"] + sidecar["held_out_frames"] == 48
     assert sidecar["data"]["held_out_env_seed"] != sidecar["data"]["train_env_seed"]
     losses = sidecar["held_out_mse"]
-    assert set(losses["before"]) == {"gradient_direction", "stiff_edge_distance", "mean"}
+    assert set(losses["before"]) == {"goal_direction", "goal_distance", "mean"}
     assert all(v >= 0 for v in losses["after"].values())
 
 
@@ -211,12 +211,12 @@ def test_encoders_import_no_envs_training_or_agents():
 
 
 @pytest.mark.slow
-def test_durotaxis_pretraining_learns_the_gradient_direction(tmp_path, one_torch_thread):
+def test_durotaxis_pretraining_learns_the_goal_direction(tmp_path, one_torch_thread):
     """64 x 64, 150 steps on one thread (about a minute): held-out error well under half."""
     cfg = _tiny_durotaxis(
         tmp_path, image_size=64, frames=2000, num_envs=64, steps=150, batch_size=16, seed=0
     )
     record = run(cfg)
     before, after = record["held_out_mse"]["before"], record["held_out_mse"]["after"]
-    assert after["gradient_direction"] < 0.5 * before["gradient_direction"]
+    assert after["goal_direction"] < 0.5 * before["goal_direction"]
     assert after["mean"] < 0.5 * before["mean"]

@@ -24,7 +24,9 @@ environments. Randomness comes from a counter-based hash of (seed, episode, step
 an environment's trajectory depends only on its own seed, not on the batch around it:
 sub-environment i of a batch seeded s replays the single environment seeded s + i.
 
-This module holds the counter-based hashing RNG and the batched engine (`DurotaxisCore`);
+This is the `easy` preset (the first version's task); standard and hard run
+envs/durotaxis/migration.py. This module holds the counter-based hashing RNG (which both
+engines use) and the easy engine (`DurotaxisCore`);
 the settings (`DurotaxisConfig`) and the action space are in `envs.durotaxis.config`, the
 Gymnasium forms in `envs.durotaxis.gymnasium_env`, the floor and ceiling policies in
 `envs.durotaxis.baselines`.
@@ -113,12 +115,17 @@ class DurotaxisCore:
     def __init__(
         self, config: DurotaxisConfig, num_envs: int, device: torch.device | str = "cpu"
     ) -> None:
+        if config.preset != "easy":
+            raise ValueError(
+                f"DurotaxisCore runs the easy preset, not {config.preset!r}; use "
+                f"envs.durotaxis.make_engine"
+            )
         self.config = config
         self.num_envs = num_envs
         self.device = torch.device(device)
         b, n, dev = num_envs, config.max_cells, self.device
-        self.param_low = torch.tensor(PARAM_LOW, device=dev)
-        self.param_high = torch.tensor(PARAM_HIGH, device=dev)
+        self.param_low = torch.tensor(config.param_low, device=dev)
+        self.param_high = torch.tensor(config.param_high, device=dev)
         self._x_axis = torch.tensor([1.0, 0.0], device=dev)
         self.keys = torch.zeros(b, dtype=torch.int64, device=dev)
         self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
@@ -333,13 +340,16 @@ class DurotaxisCore:
         if final_obs:
             rows = truncated.nonzero().squeeze(-1)
             info["truncated_rows"] = rows
-            info["final_obs"] = self.observe()[rows] if rows.numel() else self.observe()[:0]
+            info["final_obs"] = self.observe(rows)
         self.reset_where(terminated | truncated)
         return self.observe(), reward, terminated, truncated, info
 
     # ----- observation -----------------------------------------------------------------
-    def observe(self) -> torch.Tensor:
-        """B x C x H x W uint8 image of the substrate around each cluster, cells drawn in."""
+    def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """B x C x H x W uint8 image of the substrate around each cluster, cells drawn in
+        (only the given rows' images when rows is given)."""
+        if rows is not None:
+            return self.observe()[rows]
         c, b = self.config, self.num_envs
         size = c.image_size
         points = self.centroid[:, None, :] + self._pixel_offsets[None]
@@ -391,6 +401,18 @@ class DurotaxisCore:
                 x, y = int(pix[k, 0]), size - 1 - int(pix[k, 1])
                 rgb[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3] = 1.0
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    # ----- what probes and baselines may know ------------------------------------------
+    def goal_direction(self, points: torch.Tensor) -> torch.Tensor:
+        """Unit vectors from B x 2 points towards the goal: up the gradient (privileged)."""
+        return self.grad_dir.expand_as(points)
+
+    def probe_targets(self) -> torch.Tensor:
+        """B x 3 labels for pretraining probes: the gradient direction (cos, sin) and the
+        centroid's distance to the stiff edge over half_width."""
+        r = self.config.half_width
+        distance = (r - (self.centroid * self.grad_dir).sum(-1)) / r
+        return torch.cat([self.grad_dir, distance[:, None]], dim=1)
 
     # ----- checkpointing -----------------------------------------------------------------
     # Everything that changes between steps (randomness is a hash of keys, episode and

@@ -1,6 +1,6 @@
 """Durotaxis evaluation: play one episode in every environment of a batch and summarise.
 
-A policy here is an env -> (kind, params) function over a `DurotaxisCore`: the
+A policy here is an env -> (kind, params) function over a Durotaxis engine: the
 baselines (envs/durotaxis/baselines.py) are such functions, and `greedy_policy` makes
 one of a model.
 """
@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from envs.durotaxis.core import DurotaxisConfig, DurotaxisCore
+from envs.durotaxis.config import DurotaxisConfig
+from envs.durotaxis.engine import DurotaxisEngine, make_engine
 
 
 def greedy_policy(model: Any):
@@ -21,14 +22,14 @@ def greedy_policy(model: Any):
     (B integers) and "params" (B x 5); obs is the B x C x H x W uint8 observation.
     """
 
-    def policy(env: DurotaxisCore) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy(env: DurotaxisEngine) -> tuple[torch.Tensor, torch.Tensor]:
         out = model.act(env.observe(), deterministic=True)
         return out["kind"], out["params"]
 
     return policy
 
 
-def run_episodes(env: DurotaxisCore, policy: Any, seed: int = 0) -> dict[str, float]:
+def run_episodes(env: DurotaxisEngine, policy: Any, seed: int = 0) -> dict[str, float]:
     """Play one episode in every env (all in parallel) and return success rate and mean return."""
     env.reset(seed=seed)
     done = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
@@ -53,21 +54,28 @@ def run_episodes(env: DurotaxisCore, policy: Any, seed: int = 0) -> dict[str, fl
     }
 
 
-def floor_and_ceiling(
+def baselines_on_evaluation_seeds(
     env_cfg: DurotaxisConfig, episodes: int, seed: int, device: torch.device
 ) -> dict[str, float]:
-    """The random policy (floor) and the heuristic (ceiling) on the evaluation seeds."""
-    from envs.durotaxis.baselines import heuristic_policy, random_policy
+    """The four bounds (random, blind, readout, privileged) on the evaluation seeds.
 
-    gen = torch.Generator(device=device).manual_seed(seed)
+    The blind and read-out policies' constant gamma is tuned on separate seeds
+    (envs/durotaxis/baselines.py), never on these.
+    """
+    from envs.durotaxis.baselines import baseline_policies
+
     out = {}
-    for name, policy in (("random", lambda e: random_policy(e, gen)),
-                         ("heuristic", heuristic_policy)):
-        stats = run_episodes(DurotaxisCore(env_cfg, episodes, device), policy,
+    policies = baseline_policies(env_cfg, min(episodes, 256), seed, device)
+    for name, policy in policies.items():
+        stats = run_episodes(make_engine(env_cfg, episodes, device), policy,
                              seed=evaluation_seed(seed))
         out[f"eval/{name}_success_rate"] = stats["success_rate"]
         out[f"eval/{name}_episodic_return"] = stats["mean_return"]
     return out
+
+
+# Kept for scripts written against the first version (it now returns all four bounds).
+floor_and_ceiling = baselines_on_evaluation_seeds
 
 
 def evaluation_seed(seed: int) -> int:

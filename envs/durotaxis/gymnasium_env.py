@@ -1,9 +1,11 @@
 """Durotaxis with the Gymnasium API: one environment (numpy) and a same-step-autoreset vector.
 
-Both wrap `DurotaxisCore` (envs/durotaxis/core.py) and check actions in full: the
-action space is {"kind": Discrete(3), "params": Box(PARAM_LOW, PARAM_HIGH)}, finite
-parameters outside the bounds are clipped, anything else outside the space raises
-ValueError before any environment moves. Registered as Durotaxis-v0 (envs/__init__.py).
+Both wrap the preset's engine (`make_engine`: envs/durotaxis/engine.py) and check actions
+in full: the action space is {"kind": Discrete(3), "params": Box(config.param_low,
+config.param_high)}, finite parameters outside the bounds are clipped, anything else
+outside the space raises ValueError before any environment moves. Registered as
+Durotaxis-v0 (envs/__init__.py); `gymnasium.make("Durotaxis-v0")` is the standard preset,
+`gymnasium.make("Durotaxis-v0", preset="easy")` the first version's task.
 """
 
 from __future__ import annotations
@@ -19,28 +21,19 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from envs.durotaxis.core import (
-    KIND_NAMES,
-    PARAM_HIGH,
-    PARAM_LOW,
-    PARAM_NAMES,
-    DurotaxisConfig,
-    DurotaxisCore,
-)
+from envs.durotaxis.config import KIND_NAMES, PARAM_NAMES, DurotaxisConfig
+from envs.durotaxis.engine import make_engine
 
 
-def _action_space() -> spaces.Dict:
-    return spaces.Dict(
-        {
-            "kind": spaces.Discrete(3),
-            "params": spaces.Box(
-                np.array(PARAM_LOW, np.float32), np.array(PARAM_HIGH, np.float32), dtype=np.float32
-            ),
-        }
-    )
+def _action_space(config: DurotaxisConfig) -> spaces.Dict:
+    low = np.array(config.param_low, np.float32)
+    high = np.array(config.param_high, np.float32)
+    return spaces.Dict({"kind": spaces.Discrete(3),
+                        "params": spaces.Box(low, high, dtype=np.float32)})
 
 
-def _gym_action(action: Any, batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _gym_action(action: Any, batch: int | None,
+                config: DurotaxisConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a Gymnasium action (one env when batch is None) and make it core tensors.
 
     A missing key, wrong shape or dtype, a kind outside 0..2 or a non-finite parameter
@@ -81,7 +74,7 @@ def _gym_action(action: Any, batch: int | None) -> tuple[torch.Tensor, torch.Ten
             f"Durotaxis action 'params' must be finite, got "
             f"{PARAM_NAMES[where[-1]]}={params[where]}"
         )
-    params = np.clip(params, PARAM_LOW, PARAM_HIGH).astype(np.float32)
+    params = np.clip(params, config.param_low, config.param_high).astype(np.float32)
     kind_t = torch.as_tensor(kind.astype(np.int64)).reshape(-1)
     return kind_t, torch.from_numpy(params).reshape(-1, len(PARAM_NAMES))
 
@@ -92,7 +85,9 @@ def _observation_space(config: DurotaxisConfig) -> spaces.Box:
 
 
 def _make_config(config: DurotaxisConfig | None, overrides: dict[str, Any]) -> DurotaxisConfig:
-    return replace(config or DurotaxisConfig(), **overrides)
+    # Without a config the overrides build one, so that preset="easy" fills the unset
+    # settings from its own preset (replace() would keep the default preset's values).
+    return DurotaxisConfig(**overrides) if config is None else replace(config, **overrides)
 
 
 class DurotaxisEnv(gymnasium.Env):
@@ -108,9 +103,9 @@ class DurotaxisEnv(gymnasium.Env):
         **overrides: Any,
     ) -> None:
         self.config = _make_config(config, overrides)
-        self.core = DurotaxisCore(self.config, 1, device)
+        self.core = make_engine(self.config, 1, device)
         self.observation_space = _observation_space(self.config)
-        self.action_space = _action_space()
+        self.action_space = _action_space(self.config)
         self.render_mode = render_mode
 
     def reset(
@@ -130,7 +125,7 @@ class DurotaxisEnv(gymnasium.Env):
         action space (a kind not in 0..2, NaN or inf params, wrong shapes or dtypes, other
         keys) raises ValueError and leaves the state untouched.
         """
-        kind, params = _gym_action(action, None)
+        kind, params = _gym_action(action, None, self.config)
         reward, terminated, truncated, info = self.core.step(kind, params)
         obs = self.core.observe()[0].cpu().numpy()
         info_np = {k: v[0].item() for k, v in info.items()}
@@ -163,9 +158,9 @@ class DurotaxisVectorEnv(gymnasium.vector.VectorEnv):
     ) -> None:
         self.config = _make_config(config, overrides)
         self.num_envs = num_envs
-        self.core = DurotaxisCore(self.config, num_envs, device)
+        self.core = make_engine(self.config, num_envs, device)
         self.single_observation_space = _observation_space(self.config)
-        self.single_action_space = _action_space()
+        self.single_action_space = _action_space(self.config)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = render_mode
@@ -185,7 +180,7 @@ class DurotaxisVectorEnv(gymnasium.vector.VectorEnv):
         Checked like `DurotaxisEnv.step`: out-of-bounds finite params are clipped, any
         other action outside the space raises ValueError before any sub-env moves.
         """
-        kind, params = _gym_action(actions, self.num_envs)
+        kind, params = _gym_action(actions, self.num_envs, self.config)
         reward, terminated, truncated, info = self.core.step(kind, params)
         done = terminated | truncated
         final_obs = self.core.observe()

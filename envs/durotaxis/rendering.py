@@ -10,10 +10,11 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from envs.durotaxis.core import DurotaxisConfig, DurotaxisCore
+from envs.durotaxis.config import DurotaxisConfig
+from envs.durotaxis.engine import DurotaxisEngine, make_engine
 
 
-def episode_frame(env: DurotaxisCore, size: int = 256) -> np.ndarray:
+def episode_frame(env: DurotaxisEngine, size: int = 256) -> np.ndarray:
     """Whole substrate (left) beside the agent's observation, upscaled (right)."""
     obs = env.observe()[0, 0].cpu().numpy()
     scale = max(1, size // obs.shape[0])
@@ -35,7 +36,7 @@ def render_episode(
     `policy_act` maps the 1 x C x H x W uint8 observation to a dict with "kind" (1
     integer) and "params" (1 x 5), e.g. `partial(model.act, deterministic=True)`.
     """
-    env = DurotaxisCore(env_cfg, 1, device)
+    env = make_engine(env_cfg, 1, device)
     env.reset(seed=seed)
     frames, total, success = [], 0.0, False
     for _ in range(env_cfg.max_steps):
@@ -65,7 +66,8 @@ def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: 
         (axes[1], "charts/episodic_return", "episodic return"),
     ):
         ax.plot(steps, [h.get(key, np.nan) for h in history], label="PPO (training episodes)")
-        for name, style in (("random", ":"), ("heuristic", "--")):
+        for name, style in (("random", ":"), ("blind", "-."), ("readout", (0, (5, 1))),
+                            ("privileged", "--")):
             value = baselines.get(f"eval/{name}_{key.split('/')[1]}")
             if value is not None:
                 ax.axhline(value, linestyle=style, color="gray", label=f"{name} policy")

@@ -1,0 +1,425 @@
+"""Durotaxis, standard and hard presets: a cluster of cells migrating to the stiffest spot.
+
+The substrate's stiffness peaks at the origin and falls as a Gaussian of the distance d
+from it, `log I = log I_peak - q d^2` (each axis's squared offset capped at
+`(1.5 start_distance)^2`, far outside where episodes go), with the peak stiffness and the
+stiffness at the start distance drawn per episode. The cluster starts `start_distance` from the
+peak in a random direction and succeeds when its *centroid* is within `goal_radius` of
+the peak, so the whole cluster must move: with at most `max_cells` cells, the rear has to
+be retracted (delete) for the front to keep spawning.
+
+Each step the policy picks a hybrid action: a kind (spawn / delete / hold) and five
+continuous parameters (direction x, direction y, Hill gamma, Hill alpha, noise).
+Spawning adds a cell next to the cell that leads in the chosen direction, at distance
+`r = gamma / (1 + (alpha / I)^2) + noise N(0, 1)` with I the parent's local stiffness,
+along the chosen direction turned by a wrapped-normal angle (std `direction_noise`): no
+free steering. A protrusion longer than `max_link` detaches and the new cell is lost, as
+is one spawned into an obstacle (hard: zero-stiffness discs between start and goal), at
+a small penalty. Since I varies by about 10x between start and peak, the step gamma buys
+varies with where the cluster is: gamma has to be read off the local stiffness. Deleting
+removes the cell that trails in the chosen direction; hold does nothing. A spawn beyond
+`max_cells`, or deleting the last cell, fails the episode.
+
+Reward: the change of normalised progress of the centroid, `1 - d(centroid) /
+start_distance` (potential-based), a bonus on success, a penalty on failure, a small one
+per lost cell. Episodes are truncated at `max_steps`.
+
+The observation is a uint8 image of the window `view_size` across around the centroid:
+grey level affine in log stiffness on one scale for every episode (so the local stiffness
+can be read off the brightness), obstacles black, cells as bright plus marks, and a new
+draw of uniform noise every step. Because log stiffness is a sum of an x term and a y
+term, the background is an outer sum of a row vector and a column vector, rendered in
+uint8 in one pass; the noise comes from a fixed bank of noise images, picked per env and
+step by the hash RNG. Randomness is the counter-based hash of envs/durotaxis/core.py, so
+sub-environment i of a batch seeded s replays the single environment seeded s + i.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.durotaxis.config import (
+    DELETE,
+    FAIL_NO_CELLS,
+    FAIL_NONE,
+    FAIL_TOO_MANY,
+    SPAWN,
+    DurotaxisConfig,
+)
+from envs.durotaxis.core import _check_core_action, _normals, hash_uniform
+
+# Grey levels of the background: the lowest log stiffness any window can show maps to
+# _DARKEST, the highest peak to _BRIGHTEST; noise goes on top and cells are 255.
+_DARKEST, _BRIGHTEST = 8.0, 200.0
+_NOISE_BANK = 256  # noise images to pick from
+_NOISE_BANK_SEED = 0x5EED  # fixed: the bank is a function of the settings only
+_CHUNK = 256  # envs rendered at a time on the CPU (keeps the image in cache)
+
+
+class MigrationCore:
+    """B migration-task environments as tensors on one device (standard and hard presets)."""
+
+    def __init__(
+        self, config: DurotaxisConfig, num_envs: int, device: torch.device | str = "cpu"
+    ) -> None:
+        if config.preset == "easy":
+            raise ValueError("MigrationCore runs the standard and hard presets; use make_engine")
+        self.config = config
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        b, n, k, dev = num_envs, config.max_cells, config.obstacles, self.device
+        self.param_low = torch.tensor(config.param_low, device=dev)
+        self.param_high = torch.tensor(config.param_high, device=dev)
+        self._x_axis = torch.tensor([1.0, 0.0], device=dev)
+        self.keys = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.steps = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.pos = torch.zeros(b, n, 2, device=dev)
+        self.alive = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        self.log_peak = torch.zeros(b, device=dev)
+        self.falloff = torch.zeros(b, device=dev)
+        self.obstacle_pos = torch.zeros(b, k, 2, device=dev)
+        self.centroid = torch.zeros(b, 2, device=dev)
+        self.episode_return = torch.zeros(b, device=dev)
+        self._seeded = False
+
+        c = config
+        self._cap = (1.5 * c.start_distance) ** 2
+        size, view = c.image_size, c.view_size
+        coords = ((torch.arange(size, device=dev, dtype=torch.float32) + 0.5) / size - 0.5) * view
+        self._col_offsets = coords  # x of each column, from the window's centre
+        self._row_offsets = -coords  # y of each row (row 0 at the top, +y up)
+        self._stamp = torch.tensor([[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]], device=dev)
+        # One grey scale for every episode: the log stiffness of the darkest pixel any
+        # window can show (both axes capped) to that of the highest peak.
+        d2_start = c.start_distance**2
+        self._log_high = math.log(c.peak_stiffness[1])
+        steepest = math.log(c.peak_stiffness[1]) - math.log(c.start_stiffness[0])
+        self._log_low = math.log(c.peak_stiffness[1]) - steepest * 2 * self._cap / d2_start
+        self._grey_per_log = (_BRIGHTEST - _DARKEST) / (self._log_high - self._log_low)
+        gen = torch.Generator().manual_seed(_NOISE_BANK_SEED)
+        bank = torch.randint(0, 2 * c.obs_noise + 1, (_NOISE_BANK, size, size), generator=gen)
+        self._noise_bank = bank.to(torch.uint8).to(dev)
+
+    # ----- randomness and geometry ---------------------------------------------------
+    def seed(self, seed: int) -> None:
+        """Give env i the key seed + i and restart its episode count."""
+        self.keys = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
+        self.episode.zero_()
+        self._seeded = True
+
+    def log_stiffness(self, points: torch.Tensor) -> torch.Tensor:
+        """log I at B x ... x 2 world points."""
+        lead = (-1,) + (1,) * (points.dim() - 2)
+        sq = (points**2).clamp(max=self._cap).sum(-1)
+        return self.log_peak.view(lead) - self.falloff.view(lead) * sq
+
+    def num_cells(self) -> torch.Tensor:
+        """Alive cells per environment."""
+        return self.alive.sum(dim=1)
+
+    def distance_to_goal(self) -> torch.Tensor:
+        """Distance from the centroid to the peak."""
+        return self.centroid.norm(dim=-1)
+
+    def progress(self) -> torch.Tensor:
+        """Centroid progress: 0 at the start distance, 1 at the peak."""
+        return 1.0 - self.distance_to_goal() / self.config.start_distance
+
+    def _update_centroid(self) -> None:
+        count = self.num_cells()
+        mean = (self.pos * self.alive[..., None]).sum(1) / count.clamp(min=1)[:, None]
+        # With no cells left keep the last centroid, so the final frame stays in place.
+        self.centroid = torch.where((count > 0)[:, None], mean, self.centroid)
+
+    def in_obstacle(self, points: torch.Tensor) -> torch.Tensor:
+        """Whether B x 2 points lie in one of their env's obstacles."""
+        if self.config.obstacles == 0:
+            return torch.zeros(points.shape[0], dtype=torch.bool, device=self.device)
+        gap = (points[:, None, :] - self.obstacle_pos).norm(dim=-1)
+        return (gap < self.config.obstacle_radius).any(dim=1)
+
+    # ----- reset / step --------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Reset every environment (seeding first when seed is given) and observe."""
+        if seed is not None:
+            self.seed(seed)
+        elif not self._seeded:
+            self.seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2))
+        else:
+            self.episode += 1
+        self._reset_state(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        return self.observe()
+
+    def reset_where(self, mask: torch.Tensor) -> None:
+        """Start the next episode in the masked environments (no host sync)."""
+        self.episode += mask.long()
+        self._reset_state(mask)
+
+    def _reset_state(self, mask: torch.Tensor) -> None:
+        c, b, n, k = self.config, self.num_envs, self.config.max_cells, self.config.obstacles
+        u = hash_uniform(self.keys, self.episode, torch.full_like(self.episode, -1),
+                         3 + 2 * n + 2 * k)
+        angle = 2 * math.pi * u[:, 0]
+        heading = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)  # peak -> start
+        start = c.start_distance * heading
+        lo, hi = (math.log(v) for v in c.peak_stiffness)
+        log_peak = lo + (hi - lo) * u[:, 1]
+        lo, hi = (math.log(v) for v in c.start_stiffness)
+        log_start = lo + (hi - lo) * u[:, 2]
+        falloff = (log_peak - log_start) / c.start_distance**2
+        rad = c.start_spread * torch.sqrt(u[:, 3 : 3 + n])
+        phi = 2 * math.pi * u[:, 3 + n : 3 + 2 * n]
+        pos = start[:, None, :] + rad[..., None] * torch.stack([phi.cos(), phi.sin()], dim=-1)
+        alive = (torch.arange(n, device=self.device)[None, :] < c.initial_cells).expand(b, n)
+        # Obstacles spread over 25-75% of the way, one per stretch (no walls), the first
+        # on the straight line so that the straight path is blocked; start and goal free.
+        v = u[:, 3 + 2 * n :].reshape(b, k, 2)
+        stretch = (torch.arange(k, device=self.device) + 0.1 + 0.8 * v[..., 0]) / max(k, 1)
+        along = c.start_distance * (0.25 + 0.5 * stretch)
+        side = c.obstacle_radius * 1.5 * (2 * v[..., 1] - 1)
+        if k:
+            side[:, 0] = side[:, 0] * 0.2
+        perp = torch.stack([-heading[:, 1], heading[:, 0]], dim=-1)
+        obstacles = along[..., None] * heading[:, None, :] + side[..., None] * perp[:, None, :]
+
+        m = mask[:, None]
+        self.log_peak = torch.where(mask, log_peak, self.log_peak)
+        self.falloff = torch.where(mask, falloff, self.falloff)
+        self.pos = torch.where(m[..., None], pos, self.pos)
+        self.alive = torch.where(m, alive, self.alive)
+        self.obstacle_pos = torch.where(m[..., None], obstacles, self.obstacle_pos)
+        self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
+        self.episode_return = torch.where(
+            mask, torch.zeros_like(self.episode_return), self.episode_return
+        )
+        self._update_centroid()
+
+    def step(
+        self, kind: torch.Tensor, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Apply one hybrid action per env; returns reward, terminated, truncated, info.
+
+        As `DurotaxisCore.step`: a wrong type, shape or dtype raises ValueError; values
+        are made harmless on the device (a kind outside 0..2 holds, NaN params count as 0,
+        params are clamped to the config's bounds).
+        """
+        _check_core_action(kind, params, self.num_envs)
+        c = self.config
+        kind = kind.to(self.device).long()
+        params = torch.nan_to_num(params.to(self.device).float(), nan=0.0)
+        params = torch.maximum(torch.minimum(params, self.param_high), self.param_low)
+        is_spawn, is_delete = kind == SPAWN, kind == DELETE
+        raw_dir = params[:, :2]
+        norm = raw_dir.norm(dim=-1, keepdim=True)
+        fallback = self._x_axis.expand_as(raw_dir)  # a zero direction means +x
+        direction = torch.where(norm > 1e-6, raw_dir / norm.clamp(min=1e-6), fallback)
+        gamma, alpha, noise_scale = params[:, 2], params[:, 3], params[:, 4]
+
+        count = self.num_cells()
+        progress_before = self.progress()
+        proj = (self.pos * direction[:, None, :]).sum(-1)
+        parent = proj.masked_fill(~self.alive, -math.inf).argmax(dim=1)
+        victim = proj.masked_fill(~self.alive, math.inf).argmin(dim=1)
+        parent_pos = self.pos.gather(1, parent[:, None, None].expand(-1, 1, 2)).squeeze(1)
+
+        stiffness = self.log_stiffness(parent_pos).exp()
+        u = hash_uniform(self.keys, self.episode, self.steps, 4)
+        length = gamma / (1.0 + (alpha / stiffness) ** 2) + noise_scale * _normals(u[:, 0], u[:, 1])
+        length = length.clamp(min=0.0)
+        turn = c.direction_noise * _normals(u[:, 2], u[:, 3])
+        cos, sin = turn.cos(), turn.sin()
+        heading = torch.stack([cos * direction[:, 0] - sin * direction[:, 1],
+                               sin * direction[:, 0] + cos * direction[:, 1]], dim=-1)
+        new_pos = parent_pos + length[:, None] * heading
+
+        too_many = is_spawn & (count >= c.max_cells)
+        lost = is_spawn & ~too_many & ((length > c.max_link) | self.in_obstacle(new_pos))
+        placed = is_spawn & ~too_many & ~lost
+        free_slot = (~self.alive).long().argmax(dim=1)
+        slot_hot = torch.nn.functional.one_hot(free_slot, c.max_cells).bool() & placed[:, None]
+        self.pos = torch.where(slot_hot[..., None], new_pos[:, None, :], self.pos)
+        victim_hot = torch.nn.functional.one_hot(victim, c.max_cells).bool() & is_delete[:, None]
+        self.alive = (self.alive | slot_hot) & ~victim_hot
+
+        failure = torch.full_like(kind, FAIL_NONE)
+        failure = torch.where(is_delete & (count <= 1), FAIL_NO_CELLS, failure)
+        failure = torch.where(too_many, FAIL_TOO_MANY, failure)
+        failed = failure != FAIL_NONE
+
+        self._update_centroid()
+        progress_after = self.progress()
+        success = ~failed & (self.distance_to_goal() <= c.goal_radius)
+        reward = c.progress_reward * torch.where(
+            self.num_cells() > 0, progress_after - progress_before, torch.zeros_like(progress_after)
+        )
+        reward = (reward + c.success_bonus * success - c.failure_penalty * failed
+                  - c.lost_cell_penalty * lost)
+        terminated = success | failed
+        self.steps = self.steps + 1
+        truncated = ~terminated & (self.steps >= c.max_steps)
+        self.episode_return = self.episode_return + reward
+        info = {
+            "is_success": success,
+            "failure": failure,
+            "progress": progress_after,
+            "num_cells": self.num_cells(),
+            "lost_cell": lost,
+            "episode_return": self.episode_return.clone(),
+            "episode_length": self.steps.clone(),
+        }
+        return reward, terminated, truncated, info
+
+    def autoreset_step(
+        self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Step, reset finished envs in the same step, observe (the training loop's form).
+
+        final_obs: as `DurotaxisCore.autoreset_step` (the time-limited envs' last frames).
+        """
+        reward, terminated, truncated, info = self.step(kind, params)
+        if final_obs:
+            rows = truncated.nonzero().squeeze(-1)
+            info["truncated_rows"] = rows
+            info["final_obs"] = self.observe(rows)
+        self.reset_where(terminated | truncated)
+        return self.observe(), reward, terminated, truncated, info
+
+    # ----- observation -----------------------------------------------------------------
+    def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """B x C x H x W uint8 images around each cluster (or only the given rows' images)."""
+        c = self.config
+        index = torch.arange(self.num_envs, device=self.device) if rows is None else rows
+        size = c.image_size
+        out = torch.empty(len(index), size, size, dtype=torch.uint8, device=self.device)
+        # On the CPU, a chunk of envs at a time keeps the image in cache; a GPU takes all.
+        chunk = _CHUNK if self.device.type == "cpu" else max(1, len(index))
+        for start in range(0, len(index), chunk):
+            part = index[start : start + chunk]
+            self._render(part, out[start : start + chunk])
+        return out[:, None].expand(len(index), c.channels, size, size).contiguous()
+
+    def _render(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        """Render the envs `idx` into `out` (len(idx) x H x W uint8), in place."""
+        c = self.config
+        centre = self.centroid[idx]
+        xs = centre[:, 0:1] + self._col_offsets  # n x W world x of each column
+        ys = centre[:, 1:2] + self._row_offsets  # n x H world y of each row
+        falloff = self.falloff[idx, None]
+        scale = self._grey_per_log
+        # grey = DARKEST + scale (log_peak - q x^2 - q y^2 - log_low), split in two terms.
+        col = (_DARKEST + scale * (self.log_peak[idx, None] - self._log_low)
+               - scale * falloff * (xs**2).clamp(max=self._cap))
+        row = -scale * falloff * (ys**2).clamp(max=self._cap)
+        low = row.amin(dim=1, keepdim=True)
+        # Both terms shifted so each is >= 0 and their sum <= _BRIGHTEST: plain uint8 adds.
+        row_q = (row - low).round().to(torch.uint8)
+        col_q = (col + low).round().clamp(min=0).to(torch.uint8)
+        torch.add(row_q[:, :, None], col_q[:, None, :], out=out)
+        if c.obstacles:
+            self._black_out_obstacles(idx, xs, ys, out)
+        if c.obs_noise:
+            pick = hash_uniform(self.keys[idx], self.episode[idx], self.steps[idx] + 7919, 1)
+            out += self._noise_bank[(pick[:, 0] * _NOISE_BANK).long()]
+        self._draw_cells(idx, out)
+
+    def _black_out_obstacles(self, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+                             out: torch.Tensor) -> None:
+        """Obstacles are zero stiffness: black (the noise goes on top)."""
+        r2 = self.config.obstacle_radius ** 2
+        inside = torch.zeros(out.shape, dtype=torch.bool, device=self.device)
+        for j in range(self.config.obstacles):
+            o = self.obstacle_pos[idx, j]
+            dx2 = (xs - o[:, 0:1]) ** 2
+            dy2 = (ys - o[:, 1:2]) ** 2
+            inside |= (dy2[:, :, None] + dx2[:, None, :]) < r2
+        out.masked_fill_(inside, 0)
+
+    def _draw_cells(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        """Cells as plus marks at 255, painted by scatter (one extra pixel takes off-window ones)."""
+        c, n = self.config, len(idx)
+        size = c.image_size
+        rel = (self.pos[idx] - self.centroid[idx, None, :]) / c.view_size
+        col = torch.floor((rel[..., 0] + 0.5) * size).long()
+        row = torch.floor((0.5 - rel[..., 1]) * size).long()
+        rows = row[..., None] + self._stamp[:, 0]
+        cols = col[..., None] + self._stamp[:, 1]
+        visible = (self.alive[idx][..., None] & (rows >= 0) & (rows < size) & (cols >= 0)
+                   & (cols < size))
+        flat = torch.where(visible, rows * size + cols, size * size).reshape(n, -1)
+        canvas = torch.cat([out.reshape(n, -1), torch.zeros(n, 1, dtype=torch.uint8,
+                                                              device=self.device)], dim=1)
+        canvas.scatter_(1, flat, 255)
+        out.copy_(canvas[:, :-1].reshape(n, size, size))
+
+    def render_rgb(self, index: int = 0, size: int = 256) -> np.ndarray:
+        """An RGB picture of env `index`'s neighbourhood of the peak (for videos): H x W x 3."""
+        c = self.config
+        extent = 1.25 * c.start_distance
+        coords = ((torch.arange(size, device=self.device, dtype=torch.float32) + 0.5) / size
+                  - 0.5) * 2 * extent
+        ys, xs = torch.meshgrid(-coords, coords, indexing="ij")
+        points = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2)
+        sq = (points[0] ** 2).clamp(max=self._cap).sum(-1)
+        log_i = self.log_peak[index] - self.falloff[index] * sq
+        level = ((log_i - self._log_low) / (self._log_high - self._log_low)).clamp(0, 1)
+        level = level.reshape(size, size)
+        # Soft = dark blue, stiff = yellow; obstacles black; goal disc red outline.
+        rgb = torch.stack([0.15 + 0.8 * level, 0.2 + 0.7 * level, 0.5 - 0.4 * level], dim=-1)
+        r = (xs**2 + ys**2).sqrt()
+        rgb[(r - c.goal_radius).abs() < extent / size * 1.5] = torch.tensor(
+            [1.0, 0.1, 0.1], device=self.device)
+        for j in range(c.obstacles):
+            o = self.obstacle_pos[index, j]
+            rgb[((xs - o[0]) ** 2 + (ys - o[1]) ** 2) < c.obstacle_radius**2] = 0.0
+        pix = ((self.pos[index] + extent) / (2 * extent) * size).long()
+        for k in range(c.max_cells):
+            if bool(self.alive[index, k]):
+                x, y = int(pix[k, 0]), size - 1 - int(pix[k, 1])
+                if 0 <= x < size and 0 <= y < size:
+                    rgb[max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3] = 1.0
+        return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    # ----- what probes and baselines may know ------------------------------------------
+    def goal_direction(self, points: torch.Tensor) -> torch.Tensor:
+        """Unit vectors from B x 2 points towards the peak (privileged)."""
+        to_goal = -points
+        return to_goal / to_goal.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+    def probe_targets(self) -> torch.Tensor:
+        """B x 3 labels for pretraining probes: direction to the goal (cos, sin) from the
+        centroid and the centroid's distance to it over start_distance."""
+        dist = self.distance_to_goal() / self.config.start_distance
+        return torch.cat([self.goal_direction(self.centroid), dist[:, None]], dim=1)
+
+    # ----- checkpointing -----------------------------------------------------------------
+    _STATE = ("keys", "episode", "steps", "pos", "alive", "log_peak", "falloff",
+              "obstacle_pos", "centroid", "episode_return")
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the environments' state: tensors and a bool (weights_only-loadable)."""
+        state: dict[str, Any] = {name: getattr(self, name).clone() for name in self._STATE}
+        state["seeded"] = self._seeded
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state_dict()` left off (same num_envs and settings)."""
+        for name in (*self._STATE, "seeded"):
+            if name not in state:
+                raise ValueError(f"environment state has no {name!r} entry")
+        for name in self._STATE:
+            own, saved = getattr(self, name), state[name]
+            if saved.shape != own.shape or saved.dtype != own.dtype:
+                raise ValueError(
+                    f"environment state does not fit: {name} is {tuple(saved.shape)} "
+                    f"{saved.dtype} there, {tuple(own.shape)} {own.dtype} here; use the same "
+                    f"number of environments, env.max_cells and env.obstacles"
+                )
+        for name in self._STATE:
+            setattr(self, name, state[name].to(self.device).clone())
+        self._seeded = bool(state["seeded"])
+
