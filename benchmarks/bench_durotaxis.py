@@ -1,12 +1,14 @@
 """Durotaxis speed, measured side by side in one run (a benchmark, not a test).
 
 1. The batched environment's steps/s (step + same-step autoreset + render) for
-   B = 1 .. 4096 environments, random actions drawn beforehand.
+   B = 1 .. 4096 environments, random actions drawn beforehand, for each preset side by
+   side (easy is the first version's engine), with the time per environment step: it
+   must not grow with B.
 2. PPO end-to-end environment steps/s (rollout + update, no evaluation) of
    train_ppo.py for freeze_mode=none, freeze_mode=all re-running the frozen backbone in
    the update, and freeze_mode=all reusing the rollout's features, as ratios.
 
-    python benchmarks/bench_durotaxis.py                       # a few minutes on CPU
+    python benchmarks/bench_durotaxis.py --threads=1           # a few minutes on CPU
     python benchmarks/bench_durotaxis.py --device=cuda --ppo_envs=64 --ppo_steps=128
 """
 
@@ -24,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_ppo  # noqa: E402
-from envs.durotaxis import DurotaxisConfig, DurotaxisCore, random_policy  # noqa: E402
+from envs.durotaxis import DurotaxisConfig, random_policy  # noqa: E402
+from envs.durotaxis.engine import make_engine  # noqa: E402
 from training.cli import parse_config  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 
@@ -47,6 +50,8 @@ class BenchConfig:
     """Rollout + update rounds per PPO run."""
     ppo_modes: tuple[str, ...] = ("none", "all:rerun", "all:reuse")
     """PPO runs: freeze_mode, with :rerun / :reuse for the frozen features."""
+    presets: tuple[str, ...] = ("easy", "standard", "hard")
+    """Environment presets of the environment benchmark (PPO runs use the first non-easy)."""
     device: str = "auto"
     """auto | cpu | cuda."""
     threads: int = 0
@@ -54,8 +59,8 @@ class BenchConfig:
 
 
 def env_steps_per_second(config: DurotaxisConfig, num_envs: int, steps: int, device) -> float:
-    """Steps/s of DurotaxisCore.autoreset_step (all envs counted) with random actions."""
-    env = DurotaxisCore(config, num_envs, device)
+    """Steps/s of the engine's autoreset_step (all envs counted) with random actions."""
+    env = make_engine(config, num_envs, device)
     env.reset(seed=0)
     gen = torch.Generator(device=device).manual_seed(0)
     actions = [random_policy(env, gen) for _ in range(steps + 2)]
@@ -79,6 +84,7 @@ def ppo_steps_per_second(cfg: BenchConfig, mode: str, out_dir: Path) -> float:
         "--backbone.weights=random",
         f"--reuse_features={features != 'rerun'}",
         f"--env.image_size={cfg.image_size}",
+        f"--env.preset={next((p for p in cfg.presets if p != 'easy'), 'easy')}",
         f"--ppo.num_envs={cfg.ppo_envs}",
         f"--ppo.num_steps={cfg.ppo_steps}",
         f"--ppo.total_timesteps={cfg.ppo_envs * cfg.ppo_steps * cfg.ppo_iterations}",
@@ -100,16 +106,18 @@ def main() -> None:
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    env_config = DurotaxisConfig(image_size=cfg.image_size)
     print(f"device {device}, torch threads {torch.get_num_threads()}, image {cfg.image_size}px")
 
-    print("\nbatched env: steps/s (step + autoreset + render, all envs counted)")
-    print(f"{'B':>6}{'steps/s':>14}{'vs B=1':>10}")
-    base = None
+    print("\nbatched env: steps/s (step + autoreset + render, all envs counted) and "
+          "microseconds per env step")
+    print(f"{'B':>6}" + "".join(f"{p + ' steps/s':>20}{'us/step':>9}" for p in cfg.presets))
     for b in cfg.env_sizes:
-        sps = env_steps_per_second(env_config, b, cfg.env_steps, device)
-        base = base or sps
-        print(f"{b:>6}{sps:>14,.0f}{sps / base:>9.1f}x", flush=True)
+        row = f"{b:>6}"
+        for preset in cfg.presets:
+            config = DurotaxisConfig(preset=preset, image_size=cfg.image_size)
+            sps = env_steps_per_second(config, b, cfg.env_steps, device)
+            row += f"{sps:>20,.0f}{1e6 / sps:>9.2f}"
+        print(row, flush=True)
 
     print(
         f"\nPPO end to end: env steps/s (num_envs={cfg.ppo_envs}, num_steps={cfg.ppo_steps}, "
@@ -119,6 +127,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in cfg.ppo_modes:
             results[mode] = ppo_steps_per_second(cfg, mode, Path(tmp))
+    if not results:
+        return
     first = next(iter(results.values()))
     print(f"{'mode':<14}{'steps/s':>12}{f'vs {cfg.ppo_modes[0]}':>14}")
     for mode, sps in results.items():

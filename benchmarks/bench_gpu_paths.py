@@ -39,9 +39,10 @@ from benchmarks.bench_durotaxis import env_steps_per_second, ppo_steps_per_secon
 from encoders import EncoderConfig  # noqa: E402
 from envs.darkroom import NUM_ACTIONS  # noqa: E402
 from envs.darkroom.dataset import DarkroomSpec  # noqa: E402
-from envs.durotaxis import DurotaxisConfig, DurotaxisCore  # noqa: E402
+from envs.durotaxis import DurotaxisConfig  # noqa: E402
+from envs.durotaxis.engine import make_engine  # noqa: E402
 from envs.lift.dataset import LiftSpec  # noqa: E402
-from train_ppo import DUROTAXIS_ACTION  # noqa: E402
+from train_ppo import durotaxis_action  # noqa: E402
 from training.cli import parse_config  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 from training.distributed import LossForward  # noqa: E402
@@ -248,10 +249,10 @@ def bench_durotaxis(cfg: GPUBenchConfig, device: torch.device, syncs: dict) -> N
             sps = ppo_steps_per_second(bench, mode, Path(tmp))
             print(f"PPO, freeze_mode={mode.split(':')[0]}, num_envs {cfg.ppo_envs}: "
                   f"{sps:,.0f} env steps/s", flush=True)
-    envs = DurotaxisCore(env_cfg, cfg.ppo_envs, device)
+    envs = make_engine(env_cfg, cfg.ppo_envs, device)
     enc = EncoderConfig(weights="random", input_adapter="repeat3", freeze_mode="all")
     model = HybridActorCritic(enc, (1, 64, 64), HybridActorCriticConfig(),
-                              action=DUROTAXIS_ACTION).to(device).eval()
+                              action=durotaxis_action(env_cfg)).to(device).eval()
     obs = envs.reset(seed=0)
 
     def rollout_steps() -> None:

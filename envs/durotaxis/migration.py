@@ -340,7 +340,8 @@ class MigrationCore:
         out.masked_fill_(inside, 0)
 
     def _draw_cells(self, idx: torch.Tensor, out: torch.Tensor) -> None:
-        """Cells as plus marks at 255, painted by scatter (one extra pixel takes off-window ones)."""
+        """Cells as plus marks at 255, painted in place by a max-scatter (marks off the
+        window or of dead cells scatter 0, which changes nothing)."""
         c, n = self.config, len(idx)
         size = c.image_size
         rel = (self.pos[idx] - self.centroid[idx, None, :]) / c.view_size
@@ -350,11 +351,9 @@ class MigrationCore:
         cols = col[..., None] + self._stamp[:, 1]
         visible = (self.alive[idx][..., None] & (rows >= 0) & (rows < size) & (cols >= 0)
                    & (cols < size))
-        flat = torch.where(visible, rows * size + cols, size * size).reshape(n, -1)
-        canvas = torch.cat([out.reshape(n, -1), torch.zeros(n, 1, dtype=torch.uint8,
-                                                              device=self.device)], dim=1)
-        canvas.scatter_(1, flat, 255)
-        out.copy_(canvas[:, :-1].reshape(n, size, size))
+        flat = (rows.clamp(0, size - 1) * size + cols.clamp(0, size - 1)).reshape(n, -1)
+        value = (visible.reshape(n, -1).to(torch.uint8) * 255)
+        out.view(n, -1).scatter_reduce_(1, flat, value, reduce="amax")
 
     def render_rgb(self, index: int = 0, size: int = 256) -> np.ndarray:
         """An RGB picture of env `index`'s neighbourhood of the peak (for videos): H x W x 3."""
