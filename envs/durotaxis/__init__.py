@@ -1,10 +1,12 @@
-"""Durotaxis: a cluster of cells climbing a stiffness gradient (one package per environment).
+"""Durotaxis: a cluster of cells migrating on a stiffness landscape (one package per env).
 
-    config.py         DurotaxisConfig, the action space (kinds, parameter bounds)
-    core.py           the hashing RNG, DurotaxisCore (the batched engine)
+    config.py         DurotaxisConfig and its presets (easy, standard, hard), the action kinds
+    engine.py         DurotaxisEngine (the engines' contract), make_engine (the preset's)
+    core.py           the hashing RNG, DurotaxisCore (the easy engine)
+    migration.py      MigrationCore (the standard and hard engine)
     gymnasium_env.py  DurotaxisEnv and DurotaxisVectorEnv (Gymnasium API, Durotaxis-v0)
-    baselines.py      random_policy (floor), heuristic_policy (ceiling); their command line
-    evaluation.py     run_episodes, greedy_policy
+    baselines.py      random, blind, image read-out and privileged policies; their command line
+    evaluation.py     run_episodes, greedy_policy, baselines_on_evaluation_seeds
     rendering.py      episode_frame, render_episode (GIF), plot_learning_curve
 
 The main names are re-exported here; each module is imported when one of its names is
@@ -17,11 +19,14 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "config": (
         "SPAWN", "DELETE", "HOLD", "KIND_NAMES", "PARAM_NAMES", "PARAM_LOW", "PARAM_HIGH",
         "PARAMS_USED", "FAIL_NONE", "FAIL_NO_CELLS", "FAIL_TOO_MANY", "FAIL_OUT_OF_BOUNDS",
-        "DurotaxisConfig",
+        "DurotaxisConfig", "PRESETS",
     ),
+    "engine": ("DurotaxisEngine", "make_engine"),
     "core": ("DurotaxisCore", "hash_uniform"),
+    "migration": ("MigrationCore",),
     "gymnasium_env": ("DurotaxisEnv", "DurotaxisVectorEnv"),
-    "baselines": ("random_policy", "heuristic_policy"),
+    "baselines": ("random_policy", "blind_policy", "readout_policy", "privileged_policy",
+                  "heuristic_policy"),
     "evaluation": ("run_episodes", "greedy_policy"),
     "rendering": ("episode_frame", "render_episode", "plot_learning_curve"),
 })
