@@ -12,8 +12,11 @@ update; with until_layer3 / last_block the maps entering the trainable blocks. A
 critic backbones start from the same weights and their frozen parts never move, so one
 frozen prefix serves both. The network stays in eval mode throughout, so
 that BatchNorm computes the same function in the rollout (old log-probs) and the update
-(new log-probs); with a trainable backbone, BN's affine parameters train, its statistics
-do not. Truncated episodes are treated as ended (CleanRL's convention).
+(new log-probs); with a trainable backbone, the trainable BatchNorm layers' statistics are
+re-estimated from each rollout after its update (HybridActorCritic.refresh_batch_norm).
+Episodes the time limit cut bootstrap from V(final observation) (collect_rollout).
+Training and evaluation environments are seeded from disjoint ranges (training_env_seed,
+envs.durotaxis.evaluation.evaluation_seed).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from envs.durotaxis.evaluation import (
 )
 from envs.durotaxis.rendering import plot_learning_curve, render_episode
 from training.cli import parse_config, rename_flags, run_main
-from training.distributed import LossForward, data_parallel, sum_over_ranks
+from training.distributed import LossForward, data_parallel, mean_over_ranks, sum_over_ranks
 from training.logger import WandbConfig
 from training.optim import build_optimizer, scale_learning_rates
 from training.precision import autocast, to_channels_last, with_autocast
@@ -110,6 +113,8 @@ class TrainPPOConfig:
     """Weights & Biases logging."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.run.seed < 2**16:  # keeps training and evaluation keys apart
+            raise ConfigError(f"--seed={self.run.seed} is out of range; allowed: 0..65535")
         if self.ppo.batch_size % self.ppo.num_minibatches:
             raise ConfigError(
                 f"ppo.num_envs * ppo.num_steps ({self.ppo.batch_size}) must be divisible by "
@@ -135,6 +140,16 @@ def durotaxis_action(env: DurotaxisConfig) -> HybridActionSpec:
 DUROTAXIS_ACTION = durotaxis_action(DurotaxisConfig(preset="easy"))
 
 
+def training_env_seed(seed: int, rank: int) -> int:
+    """Key of a rank's first training environment (env i gets this + i).
+
+    Training keys are seed * 2**24 + rank * 2**20 + i, below 2**40 for seeds < 2**16,
+    ranks < 16 and fewer than 2**20 environments per rank; evaluation keys start at 2**40
+    (envs.durotaxis.evaluation.evaluation_seed), so the two never meet.
+    """
+    return (seed << 24) + (rank << 20)
+
+
 def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
                  device: torch.device) -> tuple[int, ...]:
     """The shape of one observation's frozen-prefix output (one dummy forward)."""
@@ -146,9 +161,12 @@ def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
 def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: RolloutBuffer,
                     next_obs: torch.Tensor, cfg: TrainPPOConfig, device: torch.device
                     ) -> torch.Tensor:
-    """Fill the buffer with num_steps steps of every environment; no host round-trips inside.
+    """Fill the buffer with num_steps steps of every environment.
 
-    Returns the observation after the last step (what GAE bootstraps from).
+    An episode the time limit cut did not end: its last reward gets gamma V(final
+    observation) added (as SB3 does), while its done flag still stops GAE at the reset.
+    Finding the cut episodes is the one host read per step (envs.autoreset_step's
+    final_obs). Returns the observation after the last step (what GAE bootstraps from).
     """
     buffer.start()
     for t in range(cfg.ppo.num_steps):
@@ -156,8 +174,13 @@ def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: Rol
             out = model.act(next_obs)
         obs = next_obs
         next_obs, reward, terminated, truncated, info = envs.autoreset_step(
-            out["kind"], out["params"]
+            out["kind"], out["params"], final_obs=True
         )
+        rows = info["truncated_rows"]
+        if rows.numel():
+            with torch.no_grad(), autocast(device, cfg.run.amp):
+                final_value = model.value(model.encode(info["final_obs"])[1]).float()
+            reward = reward.index_add(0, rows, cfg.ppo.gamma * final_value)
         buffer.add(t, obs, out, reward, terminated | truncated, info)
     with torch.no_grad(), autocast(device, cfg.run.amp):
         _, next_critic = model.encode(next_obs)
@@ -170,8 +193,14 @@ def update(model: HybridActorCritic, optimizer: torch.optim.Optimizer, buffer: R
            shuffle_gen: torch.Generator, loss_fn, run: Run, cfg: TrainPPOConfig
            ) -> dict[str, float]:
     """PPO's epochs over the rollout, plus the rollout's episode statistics (all ranks)."""
-    metrics = ppo_update(model, optimizer, buffer.batch(), cfg.ppo, shuffle_gen,
+    batch = buffer.batch()
+    metrics = ppo_update(model, optimizer, batch, cfg.ppo, shuffle_gen,
                          loss_fn=loss_fn, world=run.world)
+    # Trainable BatchNorm: statistics of this rollout under the new weights, averaged over
+    # ranks so that every replica stays the same (see refresh_batch_norm).
+    for layer in model.refresh_batch_norm(batch):
+        layer.running_mean.copy_(mean_over_ranks(layer.running_mean, run.world))
+        layer.running_var.copy_(mean_over_ranks(layer.running_var, run.world))
     count, ret, length, succ = sum_over_ranks(buffer.episode_stats, run.world).tolist()
     if count > 0:
         metrics["charts/episodic_return"] = ret / count
@@ -195,7 +224,8 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
     if cfg.video:
         path = run.dir / "episode.gif"
         act = partial(model.act, deterministic=True)
-        out.update(render_episode(act, cfg.env, cfg.run.seed + 999, run.device, path))
+        video_seed = evaluation_seed(cfg.run.seed) + cfg.eval_episodes  # after the eval episodes
+        out.update(render_episode(act, cfg.env, video_seed, run.device, path))
         run.logger.log_video("eval/episode", path, step=step)
     if history:
         path = run.dir / "learning_curve.png"
@@ -222,7 +252,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         reuse = cfg.reuse_features and model.caches_prefix
 
         # What one iteration hands the next: fresh, or as the checkpoint left it (exactly).
-        next_obs = envs.reset(seed=cfg.run.seed * 100_003 + ppo.num_envs + world.rank * 1_000_003)
+        next_obs = envs.reset(seed=training_env_seed(cfg.run.seed, world.rank))
         shuffle_gen = torch.Generator().manual_seed(cfg.run.seed + 1)
         if world.enabled:
             seed_everything(cfg.run.seed + world.rank)  # per-rank action sampling

@@ -13,8 +13,15 @@ kind uses* (`PARAMS_USED`, e.g. hold uses none, delete only the direction):
 
 Parameters a kind ignores do not affect the environment, so counting them would add
 noise to the PPO ratio with no effect on the return. The entropy bonus is
-H(kind) + sum_k p_k sum_j used[k, j] H(N(mean_j, std_j)) (the pre-squash Gaussian
-entropy, which has a closed form; the squashed one does not).
+
+    H(kind) + sum_k sg(p_k) sum_j used[k, j] H_j,   H_j estimated as -log p(a_j)
+
+of a fresh reparameterised sample a_j = squash(mean_j + std_j eps) (as SAC does): the
+squashed parameter's own entropy, which has no closed form. The pre-squash Gaussian's
+entropy, used before, grows with std without bound while the squashed one peaks near
+log std = 0 and falls beyond (-7.1 at log std 2), so it rewarded mass piled at the
+bounds. sg() stops the gradient: the parameters' entropy must not push the kind logits
+towards the kind with the most parameters.
 
 The rollout stores u (pre-squash) next to the action, so log-probs are recomputed
 exactly (no atanh of a saturated value). Actor and critic each get a ResNetEncoder
@@ -136,13 +143,21 @@ class HybridDistribution:
         param_lp = squashed_log_prob(u, self.mean, self.log_std, self.low, self.high)
         return kind_lp + (param_lp * self.used[kind.long()]).sum(-1)
 
+    def param_entropy(self) -> torch.Tensor:
+        """B x P one-sample estimates of each squashed parameter's entropy, -log p(a).
+
+        Reparameterised, so the estimate's gradient reaches mean and log std; unbiased
+        for the entropy (its mean over samples is the entropy).
+        """
+        u = self.mean + self.log_std.exp() * torch.randn_like(self.mean)
+        return -squashed_log_prob(u, self.mean, self.log_std, self.low, self.high)
+
     def entropy(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(kind entropy, expected entropy of the used pre-squash parameters)."""
+        """(kind entropy, expected entropy of the squashed parameters the kind uses)."""
         probs = self.logits.exp()
         kind_h = -(probs * self.logits).sum(-1)
-        gauss_h = 0.5 + _HALF_LOG_2PI + self.log_std  # B x P
-        per_kind = gauss_h @ self.used.T  # B x K: entropy of the parameters kind k uses
-        return kind_h, (probs * per_kind).sum(-1)
+        per_kind = self.param_entropy() @ self.used.T  # B x K: of the parameters kind k uses
+        return kind_h, (probs.detach() * per_kind).sum(-1)
 
 
 class HybridActorCritic(nn.Module):
@@ -213,6 +228,48 @@ class HybridActorCritic(nn.Module):
         so one prefix serves both; the update then runs only the trainable suffixes.
         """
         return self.actor_encoder.caches_prefix
+
+    def trainable_batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """The encoders' BatchNorm layers whose affine parameters train (frozen ones keep
+        their statistics: FrozenParts)."""
+        encoders = [self.actor_encoder] + ([self.critic_encoder] if self.critic_encoder else [])
+        return [m for e in encoders for m in e.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and m.weight is not None and m.weight.requires_grad]
+
+    @torch.no_grad()
+    def refresh_batch_norm(self, batch: dict[str, torch.Tensor], chunk: int = 256
+                           ) -> list[nn.modules.batchnorm._BatchNorm]:
+        """Re-estimate the trainable BatchNorm layers' running statistics from a rollout.
+
+        The network runs in eval mode in both the rollout and the update, so that old and
+        new log-probs come from one function; BatchNorm statistics therefore never move by
+        themselves, and with a randomly initialised body they would stay 0 / 1. After each
+        update, PPO calls this on the rollout it just used (its observations, or the
+        frozen-prefix outputs the buffer kept): the statistics become the cumulative
+        average over the rollout under the new weights (as torch.optim.swa_utils.update_bn
+        computes them), and hold until the next update. Returns the layers refreshed.
+        """
+        layers = self.trainable_batch_norms()
+        if not layers:
+            return layers
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the chunks
+            m.train()
+        try:
+            if "prefix" in batch:
+                for part in batch["prefix"].split(chunk):
+                    self.encode_from_prefix(part)
+            else:
+                for part in batch["obs"].split(chunk):
+                    self.encode(part)
+        finally:
+            for m, momentum in zip(layers, momenta, strict=True):
+                m.momentum = momentum
+                m.eval()
+        return layers
 
     def components(self) -> dict[str, nn.Module]:
         """Named parts for the parameter report."""

@@ -107,17 +107,19 @@ def test_hybrid_log_prob_stays_finite_where_tanh_saturates():
     assert torch.equal(dist.params(u), high.expand(2, 5))
 
 
-def test_hybrid_entropy_is_kind_entropy_plus_expected_used_gaussian_entropy():
+def test_hybrid_entropy_is_kind_entropy_plus_expected_used_squashed_entropy():
     torch.manual_seed(1)
     low, high = torch.tensor(PARAM_LOW), torch.tensor(PARAM_HIGH)
     used = torch.tensor(PARAMS_USED, dtype=torch.float32)
     logits, log_std = torch.randn(8, 3), torch.randn(5)
     dist = HybridDistribution(logits, torch.randn(8, 5), log_std, low, high, used)
+    torch.manual_seed(2)
     kind_h, param_h = dist.entropy()
+    torch.manual_seed(2)
+    per_param = dist.param_entropy()  # the same draw: -log p of squashed samples
     cat = D.Categorical(logits=logits)
-    gauss = D.Normal(torch.zeros(5), log_std.exp()).entropy()
     torch.testing.assert_close(kind_h, cat.entropy())
-    torch.testing.assert_close(param_h, cat.probs @ (used @ gauss))
+    torch.testing.assert_close(param_h, (cat.probs * (per_param @ used.T)).sum(-1))
 
 
 def test_spawn_bias_init_sets_the_initial_spawn_probability():
@@ -183,7 +185,9 @@ def test_reused_features_give_the_same_loss_as_rerunning_the_backbone():
     cfg = PPOConfig()
     with_obs = fake_batch(model, with_obs=True)
     with_features = fake_batch(model, with_obs=False)
+    torch.manual_seed(0)  # the same draw for the entropy estimate
     loss_obs, _ = ppo_loss(model, with_obs, cfg)
+    torch.manual_seed(0)
     loss_feat, _ = ppo_loss(model, with_features, cfg)
     torch.testing.assert_close(loss_obs, loss_feat)
 
@@ -199,6 +203,7 @@ def test_a_cached_frozen_prefix_gives_the_loss_and_gradients_of_the_whole_body(f
     grads = []
     for batch in (with_obs, with_prefix):
         model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same draw for the entropy estimate
         loss, _ = ppo_loss(model, batch, cfg)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -268,7 +273,8 @@ def test_the_documented_command_runs_on_a_tiny_budget(tmp_path):
         "perf/sps",
         "params/trainable",
         "eval/success_rate",
-        "eval/heuristic_success_rate",
+        "eval/privileged_success_rate",
+        "eval/readout_success_rate",
     ):
         assert key in keys, key
     assert 0.0 <= final["eval/success_rate"] <= 1.0

@@ -78,6 +78,13 @@ def baselines_on_evaluation_seeds(
 floor_and_ceiling = baselines_on_evaluation_seeds
 
 
+EVALUATION_KEYS = 1 << 40  # training keys stay below (train_ppo.training_env_seed)
+
+
 def evaluation_seed(seed: int) -> int:
-    """Episode seeds of evaluation, apart from the training environments' (seed * 100_003)."""
-    return 1_000_000 + seed
+    """Key of the first evaluation environment of a run seeded `seed` (env i adds i).
+
+    2**40 + seed * 2**20: apart from every training key and from other seeds' evaluation
+    keys (up to 2**20 evaluation episodes).
+    """
+    return EVALUATION_KEYS + (seed << 20)
