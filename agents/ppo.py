@@ -1,10 +1,10 @@
 """PPO for the hybrid actor-critic: its config, GAE, the clipped loss and the update.
 
 CleanRL's details: GAE, per-minibatch advantage normalisation, value loss (clipped only
-when asked for: off by default, see PPOConfig.clip_vloss), global gradient-norm clipping, approx_kl / clipfrac, optional early stop at target_kl.
-When the encoders have a frozen part the batch carries the rollout's frozen-prefix output
-instead of the observations (with everything frozen: the features themselves), and the
-update runs only what trains.
+when asked for: off by default, see PPOConfig.clip_vloss), global gradient-norm clipping,
+approx_kl / clipfrac, optional early stop at target_kl. When the encoders have a frozen
+part the batch carries the rollout's frozen-prefix output instead of the observations
+(with everything frozen: the features themselves), and the update runs only what trains.
 """
 
 from __future__ import annotations

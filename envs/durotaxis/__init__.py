@@ -2,6 +2,7 @@
 
     config.py         DurotaxisConfig and its presets (easy, standard, hard), the action kinds
     engine.py         DurotaxisEngine (the engines' contract), make_engine (the preset's)
+    cluster.py        CellClusters: what both engines share (episodes, cells, actions, state)
     core.py           the hashing RNG, DurotaxisCore (the easy engine)
     migration.py      MigrationCore (the standard and hard engine)
     gymnasium_env.py  DurotaxisEnv and DurotaxisVectorEnv (Gymnasium API, Durotaxis-v0)

@@ -156,9 +156,9 @@ class DurotaxisConfig:
             _check_range(name, getattr(self, name), low=None)
         if self.alpha_range[0] <= 0 or self.gamma_range[0] < 0 or self.noise_range[0] < 0:
             raise ConfigError(
-                "--env.alpha_range must be > 0 and --env.gamma_range, --env.noise_range "
-                ">= 0; got alpha_range={}, gamma_range={}, noise_range={}".format(
-                    self.alpha_range, self.gamma_range, self.noise_range)
+                f"--env.alpha_range must be > 0 and --env.gamma_range, --env.noise_range "
+                f">= 0; got alpha_range={self.alpha_range}, gamma_range={self.gamma_range}, "
+                f"noise_range={self.noise_range}"
             )
         if self.preset == "easy":
             self._check_easy()

@@ -35,11 +35,11 @@ Gymnasium forms in `envs.durotaxis.gymnasium_env`, the floor and ceiling policie
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
+from envs.durotaxis.cluster import CellClusters
 from envs.durotaxis.config import (  # noqa: F401  (the action space, re-exported)
     DELETE,
     FAIL_NO_CELLS,
@@ -87,29 +87,7 @@ def _normals(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
-def _is_integer_dtype(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-
-
-def _check_core_action(kind: Any, params: Any, num_envs: int) -> None:
-    """Type, shape and dtype of a batched action: host-side metadata only, no device sync."""
-    for name, value in (("kind", kind), ("params", params)):
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"Durotaxis {name} must be a torch tensor, got {type(value).__name__}")
-    if kind.shape != (num_envs,):
-        raise ValueError(f"Durotaxis kind has shape {tuple(kind.shape)}, expected ({num_envs},)")
-    if not _is_integer_dtype(kind.dtype):
-        raise ValueError(f"Durotaxis kind has dtype {kind.dtype}, expected an integer dtype")
-    if params.shape != (num_envs, len(PARAM_NAMES)):
-        raise ValueError(
-            f"Durotaxis params has shape {tuple(params.shape)}, "
-            f"expected ({num_envs}, {len(PARAM_NAMES)})"
-        )
-    if not params.dtype.is_floating_point:
-        raise ValueError(f"Durotaxis params has dtype {params.dtype}, expected a floating dtype")
-
-
-class DurotaxisCore:
+class DurotaxisCore(CellClusters):
     """B Durotaxis environments as tensors on one device (the engine both Gym forms wrap)."""
 
     def __init__(
@@ -120,24 +98,11 @@ class DurotaxisCore:
                 f"DurotaxisCore runs the easy preset, not {config.preset!r}; use "
                 f"envs.durotaxis.make_engine"
             )
-        self.config = config
-        self.num_envs = num_envs
-        self.device = torch.device(device)
-        b, n, dev = num_envs, config.max_cells, self.device
-        self.param_low = torch.tensor(config.param_low, device=dev)
-        self.param_high = torch.tensor(config.param_high, device=dev)
-        self._x_axis = torch.tensor([1.0, 0.0], device=dev)
-        self.keys = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.steps = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.pos = torch.zeros(b, n, 2, device=dev)
-        self.alive = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        super().__init__(config, num_envs, device)
+        b, dev = num_envs, self.device
         self.grad_dir = torch.zeros(b, 2, device=dev)
         self.exponential = torch.zeros(b, dtype=torch.bool, device=dev)
         self.s_ref = torch.zeros(b, device=dev)
-        self.centroid = torch.zeros(b, 2, device=dev)
-        self.episode_return = torch.zeros(b, device=dev)
-        self._seeded = False
         # Pixel centres of the observation window, in world offsets from its centre
         # (row 0 at the top, +y up).
         size, view = config.image_size, config.view_size
@@ -151,13 +116,7 @@ class DurotaxisCore:
         self._i_max_lin = config.intercept + config.slope * 2 * r
         self._i_max_exp = config.intercept * math.exp(config.exp_rate * 2 * r)
 
-    # ----- randomness and geometry ---------------------------------------------------
-    def seed(self, seed: int) -> None:
-        """Give env i the key seed + i and restart its episode count."""
-        self.keys = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
-        self.episode.zero_()
-        self._seeded = True
-
+    # ----- geometry ------------------------------------------------------------------------
     def intensity(self, s: torch.Tensor, exponential: torch.Tensor) -> torch.Tensor:
         """Stiffness at gradient coordinate s (broadcasts exponential against s)."""
         c = self.config
@@ -178,39 +137,13 @@ class DurotaxisCore:
         s, _ = self._gradient_coords(self.pos)
         return s.masked_fill(~self.alive, -math.inf).amax(dim=1)
 
-    def num_cells(self) -> torch.Tensor:
-        """Alive cells per environment."""
-        return self.alive.sum(dim=1)
-
     def progress(self) -> torch.Tensor:
         """Front progress: 0 at its start, 1 at the stiff edge (nan-free: 0 with no cells)."""
         front = self.front_s()
         prog = (front - self.s_ref) / (self.config.half_width - self.s_ref)
         return torch.where(torch.isfinite(front), prog, torch.zeros_like(prog))
 
-    def _update_centroid(self) -> None:
-        count = self.num_cells()
-        mean = (self.pos * self.alive[..., None]).sum(1) / count.clamp(min=1)[:, None]
-        # With no cells left keep the last centroid, so the final frame stays in place.
-        self.centroid = torch.where((count > 0)[:, None], mean, self.centroid)
-
     # ----- reset / step --------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> torch.Tensor:
-        """Reset every environment (seeding first when seed is given) and observe."""
-        if seed is not None:
-            self.seed(seed)
-        elif not self._seeded:
-            self.seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2))
-        else:
-            self.episode += 1
-        self._reset_state(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
-        return self.observe()
-
-    def reset_where(self, mask: torch.Tensor) -> None:
-        """Start the next episode in the masked environments (no host sync)."""
-        self.episode += mask.long()
-        self._reset_state(mask)
-
     def _reset_state(self, mask: torch.Tensor) -> None:
         c, b, n = self.config, self.num_envs, self.config.max_cells
         u = hash_uniform(self.keys, self.episode, torch.full_like(self.episode, -1), 5 + 2 * n)
@@ -259,24 +192,14 @@ class DurotaxisCore:
         holds, NaN params count as 0, and params are clamped to the action bounds (-inf
         and +inf to the nearest bound).
         """
-        _check_core_action(kind, params, self.num_envs)
         c, r = self.config, self.config.half_width
-        kind = kind.to(self.device).long()
-        params = torch.nan_to_num(params.to(self.device).float(), nan=0.0)
-        params = torch.maximum(torch.minimum(params, self.param_high), self.param_low)
+        kind, params, direction = self._read_action(kind, params)
         is_spawn, is_delete = kind == SPAWN, kind == DELETE
-        raw_dir = params[:, :2]
-        norm = raw_dir.norm(dim=-1, keepdim=True)
-        fallback = self._x_axis.expand_as(raw_dir)  # a zero direction means +x
-        direction = torch.where(norm > 1e-6, raw_dir / norm.clamp(min=1e-6), fallback)
         gamma, alpha, noise_scale = params[:, 2], params[:, 3], params[:, 4]
 
         count = self.num_cells()
         progress_before = self.progress()
-        proj = (self.pos * direction[:, None, :]).sum(-1)
-        parent = proj.masked_fill(~self.alive, -math.inf).argmax(dim=1)
-        victim = proj.masked_fill(~self.alive, math.inf).argmin(dim=1)
-        parent_pos = self.pos.gather(1, parent[:, None, None].expand(-1, 1, 2)).squeeze(1)
+        parent_pos, victim = self._lead_and_trail(direction)
 
         # Hill equation of the parent's local stiffness.
         parent_s = (parent_pos * self.grad_dir).sum(-1)
@@ -293,11 +216,7 @@ class DurotaxisCore:
 
         too_many = is_spawn & (count >= c.max_cells)
         placed = is_spawn & ~too_many & ~out_of_bounds
-        free_slot = (~self.alive).long().argmax(dim=1)
-        slot_hot = torch.nn.functional.one_hot(free_slot, c.max_cells).bool() & placed[:, None]
-        self.pos = torch.where(slot_hot[..., None], new_pos[:, None, :], self.pos)
-        victim_hot = torch.nn.functional.one_hot(victim, c.max_cells).bool() & is_delete[:, None]
-        self.alive = (self.alive | slot_hot) & ~victim_hot
+        self._place_and_remove(new_pos, placed, victim, is_delete)
 
         failure = torch.full_like(kind, FAIL_NONE)
         failure = torch.where(is_delete & (count <= 1), FAIL_NO_CELLS, failure)
@@ -325,24 +244,6 @@ class DurotaxisCore:
             "episode_length": self.steps.clone(),
         }
         return reward, terminated, truncated, info
-
-    def autoreset_step(
-        self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Step, reset finished envs in the same step, observe (the training loop's form).
-
-        With final_obs, info["truncated_rows"] holds the indices of the envs whose episode
-        the time limit cut and info["final_obs"] their last observation (before the
-        reset), to bootstrap from V(final observation); finding those rows is one host
-        read per step, so it is asked for, not default.
-        """
-        reward, terminated, truncated, info = self.step(kind, params)
-        if final_obs:
-            rows = truncated.nonzero().squeeze(-1)
-            info["truncated_rows"] = rows
-            info["final_obs"] = self.observe(rows)
-        self.reset_where(terminated | truncated)
-        return self.observe(), reward, terminated, truncated, info
 
     # ----- observation -----------------------------------------------------------------
     def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -430,25 +331,4 @@ class DurotaxisCore:
         "episode_return",
     )
 
-    def state_dict(self) -> dict[str, Any]:
-        """A copy of the environments' state: tensors and a bool (weights_only-loadable)."""
-        state: dict[str, Any] = {name: getattr(self, name).clone() for name in self._STATE}
-        state["seeded"] = self._seeded
-        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where `state_dict()` left off (same num_envs and max_cells)."""
-        for name in (*self._STATE, "seeded"):
-            if name not in state:
-                raise ValueError(f"environment state has no {name!r} entry")
-        for name in self._STATE:
-            own, saved = getattr(self, name), state[name]
-            if saved.shape != own.shape or saved.dtype != own.dtype:
-                raise ValueError(
-                    f"environment state does not fit: {name} is {tuple(saved.shape)} "
-                    f"{saved.dtype} there, {tuple(own.shape)} {own.dtype} here; use the same "
-                    f"number of environments and env.max_cells"
-                )
-        for name in self._STATE:
-            setattr(self, name, state[name].to(self.device).clone())
-        self._seeded = bool(state["seeded"])

@@ -37,11 +37,11 @@ sub-environment i of a batch seeded s replays the single environment seeded s + 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
+from envs.durotaxis.cluster import CellClusters
 from envs.durotaxis.config import (
     DELETE,
     FAIL_NO_CELLS,
@@ -50,7 +50,7 @@ from envs.durotaxis.config import (
     SPAWN,
     DurotaxisConfig,
 )
-from envs.durotaxis.core import _check_core_action, _normals, hash_uniform
+from envs.durotaxis.core import _normals, hash_uniform
 
 # Grey levels of the background: the lowest log stiffness any window can show maps to
 # _DARKEST, the highest peak to _BRIGHTEST; noise goes on top and cells are 255.
@@ -60,7 +60,7 @@ _NOISE_BANK_SEED = 0x5EED  # fixed: the bank is a function of the settings only
 _CHUNK = 256  # envs rendered at a time on the CPU (keeps the image in cache)
 
 
-class MigrationCore:
+class MigrationCore(CellClusters):
     """B migration-task environments as tensors on one device (standard and hard presets)."""
 
     def __init__(
@@ -68,24 +68,11 @@ class MigrationCore:
     ) -> None:
         if config.preset == "easy":
             raise ValueError("MigrationCore runs the standard and hard presets; use make_engine")
-        self.config = config
-        self.num_envs = num_envs
-        self.device = torch.device(device)
-        b, n, k, dev = num_envs, config.max_cells, config.obstacles, self.device
-        self.param_low = torch.tensor(config.param_low, device=dev)
-        self.param_high = torch.tensor(config.param_high, device=dev)
-        self._x_axis = torch.tensor([1.0, 0.0], device=dev)
-        self.keys = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.episode = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.steps = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.pos = torch.zeros(b, n, 2, device=dev)
-        self.alive = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        super().__init__(config, num_envs, device)
+        b, k, dev = num_envs, config.obstacles, self.device
         self.log_peak = torch.zeros(b, device=dev)
         self.falloff = torch.zeros(b, device=dev)
         self.obstacle_pos = torch.zeros(b, k, 2, device=dev)
-        self.centroid = torch.zeros(b, 2, device=dev)
-        self.episode_return = torch.zeros(b, device=dev)
-        self._seeded = False
 
         c = config
         self._cap = (1.5 * c.start_distance) ** 2
@@ -105,22 +92,12 @@ class MigrationCore:
         bank = torch.randint(0, 2 * c.obs_noise + 1, (_NOISE_BANK, size, size), generator=gen)
         self._noise_bank = bank.to(torch.uint8).to(dev)
 
-    # ----- randomness and geometry ---------------------------------------------------
-    def seed(self, seed: int) -> None:
-        """Give env i the key seed + i and restart its episode count."""
-        self.keys = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
-        self.episode.zero_()
-        self._seeded = True
-
+    # ----- geometry ------------------------------------------------------------------------
     def log_stiffness(self, points: torch.Tensor) -> torch.Tensor:
         """log I at B x ... x 2 world points."""
         lead = (-1,) + (1,) * (points.dim() - 2)
         sq = (points**2).clamp(max=self._cap).sum(-1)
         return self.log_peak.view(lead) - self.falloff.view(lead) * sq
-
-    def num_cells(self) -> torch.Tensor:
-        """Alive cells per environment."""
-        return self.alive.sum(dim=1)
 
     def distance_to_goal(self) -> torch.Tensor:
         """Distance from the centroid to the peak."""
@@ -130,12 +107,6 @@ class MigrationCore:
         """Centroid progress: 0 at the start distance, 1 at the peak."""
         return 1.0 - self.distance_to_goal() / self.config.start_distance
 
-    def _update_centroid(self) -> None:
-        count = self.num_cells()
-        mean = (self.pos * self.alive[..., None]).sum(1) / count.clamp(min=1)[:, None]
-        # With no cells left keep the last centroid, so the final frame stays in place.
-        self.centroid = torch.where((count > 0)[:, None], mean, self.centroid)
-
     def in_obstacle(self, points: torch.Tensor) -> torch.Tensor:
         """Whether B x 2 points lie in one of their env's obstacles."""
         if self.config.obstacles == 0:
@@ -144,22 +115,6 @@ class MigrationCore:
         return (gap < self.config.obstacle_radius).any(dim=1)
 
     # ----- reset / step --------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> torch.Tensor:
-        """Reset every environment (seeding first when seed is given) and observe."""
-        if seed is not None:
-            self.seed(seed)
-        elif not self._seeded:
-            self.seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2))
-        else:
-            self.episode += 1
-        self._reset_state(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
-        return self.observe()
-
-    def reset_where(self, mask: torch.Tensor) -> None:
-        """Start the next episode in the masked environments (no host sync)."""
-        self.episode += mask.long()
-        self._reset_state(mask)
-
     def _reset_state(self, mask: torch.Tensor) -> None:
         c, b, n, k = self.config, self.num_envs, self.config.max_cells, self.config.obstacles
         u = hash_uniform(self.keys, self.episode, torch.full_like(self.episode, -1),
@@ -208,24 +163,14 @@ class MigrationCore:
         are made harmless on the device (a kind outside 0..2 holds, NaN params count as 0,
         params are clamped to the config's bounds).
         """
-        _check_core_action(kind, params, self.num_envs)
         c = self.config
-        kind = kind.to(self.device).long()
-        params = torch.nan_to_num(params.to(self.device).float(), nan=0.0)
-        params = torch.maximum(torch.minimum(params, self.param_high), self.param_low)
+        kind, params, direction = self._read_action(kind, params)
         is_spawn, is_delete = kind == SPAWN, kind == DELETE
-        raw_dir = params[:, :2]
-        norm = raw_dir.norm(dim=-1, keepdim=True)
-        fallback = self._x_axis.expand_as(raw_dir)  # a zero direction means +x
-        direction = torch.where(norm > 1e-6, raw_dir / norm.clamp(min=1e-6), fallback)
         gamma, alpha, noise_scale = params[:, 2], params[:, 3], params[:, 4]
 
         count = self.num_cells()
         progress_before = self.progress()
-        proj = (self.pos * direction[:, None, :]).sum(-1)
-        parent = proj.masked_fill(~self.alive, -math.inf).argmax(dim=1)
-        victim = proj.masked_fill(~self.alive, math.inf).argmin(dim=1)
-        parent_pos = self.pos.gather(1, parent[:, None, None].expand(-1, 1, 2)).squeeze(1)
+        parent_pos, victim = self._lead_and_trail(direction)
 
         stiffness = self.log_stiffness(parent_pos).exp()
         u = hash_uniform(self.keys, self.episode, self.steps, 4)
@@ -240,11 +185,7 @@ class MigrationCore:
         too_many = is_spawn & (count >= c.max_cells)
         lost = is_spawn & ~too_many & ((length > c.max_link) | self.in_obstacle(new_pos))
         placed = is_spawn & ~too_many & ~lost
-        free_slot = (~self.alive).long().argmax(dim=1)
-        slot_hot = torch.nn.functional.one_hot(free_slot, c.max_cells).bool() & placed[:, None]
-        self.pos = torch.where(slot_hot[..., None], new_pos[:, None, :], self.pos)
-        victim_hot = torch.nn.functional.one_hot(victim, c.max_cells).bool() & is_delete[:, None]
-        self.alive = (self.alive | slot_hot) & ~victim_hot
+        self._place_and_remove(new_pos, placed, victim, is_delete)
 
         failure = torch.full_like(kind, FAIL_NONE)
         failure = torch.where(is_delete & (count <= 1), FAIL_NO_CELLS, failure)
@@ -273,21 +214,6 @@ class MigrationCore:
             "episode_length": self.steps.clone(),
         }
         return reward, terminated, truncated, info
-
-    def autoreset_step(
-        self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Step, reset finished envs in the same step, observe (the training loop's form).
-
-        final_obs: as `DurotaxisCore.autoreset_step` (the time-limited envs' last frames).
-        """
-        reward, terminated, truncated, info = self.step(kind, params)
-        if final_obs:
-            rows = truncated.nonzero().squeeze(-1)
-            info["truncated_rows"] = rows
-            info["final_obs"] = self.observe(rows)
-        self.reset_where(terminated | truncated)
-        return self.observe(), reward, terminated, truncated, info
 
     # ----- observation -----------------------------------------------------------------
     def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -409,27 +335,4 @@ class MigrationCore:
     # ----- checkpointing -----------------------------------------------------------------
     _STATE = ("keys", "episode", "steps", "pos", "alive", "log_peak", "falloff",
               "obstacle_pos", "centroid", "episode_return")
-
-    def state_dict(self) -> dict[str, Any]:
-        """A copy of the environments' state: tensors and a bool (weights_only-loadable)."""
-        state: dict[str, Any] = {name: getattr(self, name).clone() for name in self._STATE}
-        state["seeded"] = self._seeded
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where `state_dict()` left off (same num_envs and settings)."""
-        for name in (*self._STATE, "seeded"):
-            if name not in state:
-                raise ValueError(f"environment state has no {name!r} entry")
-        for name in self._STATE:
-            own, saved = getattr(self, name), state[name]
-            if saved.shape != own.shape or saved.dtype != own.dtype:
-                raise ValueError(
-                    f"environment state does not fit: {name} is {tuple(saved.shape)} "
-                    f"{saved.dtype} there, {tuple(own.shape)} {own.dtype} here; use the same "
-                    f"number of environments, env.max_cells and env.obstacles"
-                )
-        for name in self._STATE:
-            setattr(self, name, state[name].to(self.device).clone())
-        self._seeded = bool(state["seeded"])
-
+    _STATE_SIZES = "env.max_cells and env.obstacles"
