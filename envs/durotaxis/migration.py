@@ -219,18 +219,28 @@ class MigrationCore(CellClusters):
     def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """B x C x H x W uint8 images around each cluster (or only the given rows' images)."""
         c = self.config
-        index = torch.arange(self.num_envs, device=self.device) if rows is None else rows
+        count = self.num_envs if rows is None else len(rows)
         size = c.image_size
-        out = torch.empty(len(index), size, size, dtype=torch.uint8, device=self.device)
+        out = torch.empty(count, size, size, dtype=torch.uint8, device=self.device)
         # On the CPU, a chunk of envs at a time keeps the image in cache; a GPU takes all.
-        chunk = _CHUNK if self.device.type == "cpu" else max(1, len(index))
-        for start in range(0, len(index), chunk):
-            part = index[start : start + chunk]
-            self._render(part, out[start : start + chunk])
-        return out[:, None].expand(len(index), c.channels, size, size).contiguous()
+        # All envs go by slices (views of the state), given rows by index.
+        chunk = _CHUNK if self.device.type == "cpu" else max(1, count)
+        noise = self._noise_picks(slice(None) if rows is None else rows)
+        for start in range(0, count, chunk):
+            stop = min(start + chunk, count)
+            part = slice(start, stop) if rows is None else rows[start:stop]
+            self._render(part, out[start:stop], noise[start:stop])
+        return out[:, None].expand(count, c.channels, size, size).contiguous()
 
-    def _render(self, idx: torch.Tensor, out: torch.Tensor) -> None:
-        """Render the envs `idx` into `out` (len(idx) x H x W uint8), in place."""
+    def _noise_picks(self, idx: slice | torch.Tensor) -> torch.Tensor:
+        """Which noise image each env shows this step (a hash of its key, episode, step)."""
+        pick = hash_uniform(self.keys[idx], self.episode[idx], self.steps[idx] + 7919, 1)
+        return (pick[:, 0] * _NOISE_BANK).long()
+
+    def _render(self, idx: slice | torch.Tensor, out: torch.Tensor,
+                noise: torch.Tensor) -> None:
+        """Render the envs `idx` (a slice or indices) into `out` (n x H x W uint8), in place,
+        with the noise images `noise`."""
         c = self.config
         centre = self.centroid[idx]
         xs = centre[:, 0:1] + self._col_offsets  # n x W world x of each column
@@ -249,12 +259,11 @@ class MigrationCore(CellClusters):
         if c.obstacles:
             self._black_out_obstacles(idx, xs, ys, out)
         if c.obs_noise:
-            pick = hash_uniform(self.keys[idx], self.episode[idx], self.steps[idx] + 7919, 1)
-            out += self._noise_bank[(pick[:, 0] * _NOISE_BANK).long()]
+            out += self._noise_bank.index_select(0, noise)
         self._draw_cells(idx, out)
 
-    def _black_out_obstacles(self, idx: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
-                             out: torch.Tensor) -> None:
+    def _black_out_obstacles(self, idx: slice | torch.Tensor, xs: torch.Tensor,
+                             ys: torch.Tensor, out: torch.Tensor) -> None:
         """Obstacles are zero stiffness: black (the noise goes on top).
 
         On the CPU only the windows an obstacle reaches into are touched (finding them is
@@ -270,16 +279,16 @@ class MigrationCore(CellClusters):
                 if near.numel() == 0:
                     continue
             else:
-                near = torch.arange(len(idx), device=self.device)
+                near = torch.arange(out.shape[0], device=self.device)
             dx2 = (xs[near] - o[near, 0:1]) ** 2
             dy2 = (ys[near] - o[near, 1:2]) ** 2
             inside = (dy2[:, :, None] + dx2[:, None, :]) < r2
             out[near] = out[near].masked_fill(inside, 0)
 
-    def _draw_cells(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+    def _draw_cells(self, idx: slice | torch.Tensor, out: torch.Tensor) -> None:
         """Cells as plus marks at 255, painted in place by a max-scatter (marks off the
         window or of dead cells scatter 0, which changes nothing)."""
-        c, n = self.config, len(idx)
+        c, n = self.config, out.shape[0]
         size = c.image_size
         rel = (self.pos[idx] - self.centroid[idx, None, :]) / c.view_size
         col = torch.floor((rel[..., 0] + 0.5) * size).long()
