@@ -248,3 +248,17 @@ def test_the_four_baselines_are_ordered_and_inside_their_bounds_on_standard():
     assert success["readout"] <= 0.5 and success["privileged"] >= 0.9
     returns = [stats[k]["mean_return"] for k in ("random", "blind", "readout", "privileged")]
     assert returns == sorted(returns)
+
+
+def test_the_migration_engine_makes_bad_values_harmless_and_refuses_bad_shapes():
+    env = make_engine(DurotaxisConfig(image_size=32), 4)
+    env.reset(seed=0)
+    kind = torch.tensor([7, -1, SPAWN, DELETE])
+    params = torch.tensor([[math.nan] * 5, [math.inf] * 5, [-math.inf] * 5, [1e30] * 5])
+    reward, terminated, truncated, info = env.step(kind, params)
+    assert torch.isfinite(reward).all() and torch.isfinite(env.pos[env.alive]).all()
+    assert (env.num_cells()[:2] == DurotaxisConfig().initial_cells).all()  # held
+    with pytest.raises(ValueError, match="params has shape"):
+        env.step(kind, params[:, :4])
+    with pytest.raises(ValueError, match="kind has dtype"):
+        env.step(kind.float(), params)
