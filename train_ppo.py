@@ -50,7 +50,13 @@ from envs.durotaxis.evaluation import (
 )
 from envs.durotaxis.rendering import plot_learning_curve, render_episode
 from training.cli import parse_config, rename_flags, run_main
-from training.distributed import LossForward, data_parallel, mean_over_ranks, sum_over_ranks
+from training.distributed import (
+    LossForward,
+    World,
+    data_parallel,
+    mean_over_ranks,
+    sum_over_ranks,
+)
 from training.logger import WandbConfig
 from training.optim import build_optimizer, scale_learning_rates
 from training.precision import autocast, to_channels_last, with_autocast
@@ -140,13 +146,22 @@ def durotaxis_action(env: DurotaxisConfig) -> HybridActionSpec:
 DUROTAXIS_ACTION = durotaxis_action(DurotaxisConfig(preset="easy"))
 
 
+TRAINING_SEEDS, TRAINING_RANKS = 1 << 16, 1 << 4  # keys below 2**40: see training_env_seed
+
+
 def training_env_seed(seed: int, rank: int) -> int:
     """Key of a rank's first training environment (env i gets this + i).
 
     Training keys are seed * 2**24 + rank * 2**20 + i, below 2**40 for seeds < 2**16,
     ranks < 16 and fewer than 2**20 environments per rank; evaluation keys start at 2**40
-    (envs.durotaxis.evaluation.evaluation_seed), so the two never meet.
+    (envs.durotaxis.evaluation.evaluation_seed), so the two never meet, and no two ranks or
+    seeds share a key. Outside those ranges the guarantee would fail silently: refused.
     """
+    if not 0 <= seed < TRAINING_SEEDS:
+        raise ConfigError(f"--seed={seed} is out of range; allowed: 0..{TRAINING_SEEDS - 1}")
+    if not 0 <= rank < TRAINING_RANKS:
+        raise ConfigError(f"rank {rank} is out of range: training seeds keep at most "
+                          f"{TRAINING_RANKS} processes apart (torchrun --nproc_per_node)")
     return (seed << 24) + (rank << 20)
 
 
@@ -189,6 +204,27 @@ def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: Rol
     return next_obs
 
 
+def pool_batch_norm_over_ranks(layers: list[torch.nn.modules.batchnorm._BatchNorm],
+                               world: World) -> None:
+    """Give every rank the statistics of all ranks' rollouts together, in one all-reduce.
+
+    Each rank refreshed its layers on its own rollout (equal sizes): the union's mean is
+    the mean of the ranks' means, and its variance the mean of their variances plus the
+    spread of their means (averaging the variances alone would miss that).
+    """
+    if not world.enabled or not layers:
+        return
+    means = torch.cat([m.running_mean for m in layers])
+    variances = torch.cat([m.running_var for m in layers])
+    pooled = mean_over_ranks(torch.cat([means, variances, means * means]), world)
+    mean, variance, mean_sq = pooled.split(means.numel())
+    variance = variance + (mean_sq - mean * mean).clamp(min=0)
+    sizes = [m.running_mean.numel() for m in layers]
+    for layer, m, v in zip(layers, mean.split(sizes), variance.split(sizes), strict=True):
+        layer.running_mean.copy_(m)
+        layer.running_var.copy_(v)
+
+
 def update(model: HybridActorCritic, optimizer: torch.optim.Optimizer, buffer: RolloutBuffer,
            shuffle_gen: torch.Generator, loss_fn, run: Run, cfg: TrainPPOConfig
            ) -> dict[str, float]:
@@ -196,11 +232,9 @@ def update(model: HybridActorCritic, optimizer: torch.optim.Optimizer, buffer: R
     batch = buffer.batch()
     metrics = ppo_update(model, optimizer, batch, cfg.ppo, shuffle_gen,
                          loss_fn=loss_fn, world=run.world)
-    # Trainable BatchNorm: statistics of this rollout under the new weights, averaged over
+    # Trainable BatchNorm: statistics of this rollout under the new weights, pooled over
     # ranks so that every replica stays the same (see refresh_batch_norm).
-    for layer in model.refresh_batch_norm(batch):
-        layer.running_mean.copy_(mean_over_ranks(layer.running_mean, run.world))
-        layer.running_var.copy_(mean_over_ranks(layer.running_var, run.world))
+    pool_batch_norm_over_ranks(model.refresh_batch_norm(batch), run.world)
     count, ret, length, succ = sum_over_ranks(buffer.episode_stats, run.world).tolist()
     if count > 0:
         metrics["charts/episodic_return"] = ret / count

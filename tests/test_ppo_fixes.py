@@ -8,6 +8,8 @@ refreshed when a body trains, disjoint training and evaluation seeds.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +27,18 @@ from encoders import EncoderConfig
 from envs.durotaxis import DurotaxisConfig
 from envs.durotaxis.engine import make_engine
 from envs.durotaxis.evaluation import evaluation_seed
-from train_ppo import TrainPPOConfig, collect_rollout, durotaxis_action, training_env_seed
+from train_ppo import (
+    TrainPPOConfig,
+    collect_rollout,
+    durotaxis_action,
+    pool_batch_norm_over_ranks,
+    prefix_shape,
+    training_env_seed,
+    update,
+)
+from training.distributed import World
+from training.optim import build_optimizer
+from training.ranges import ConfigError
 
 
 def _distribution(log_std: float, batch: int = 1, low=-1.0, high=1.0, kinds=None):
@@ -50,9 +63,10 @@ def _squashed_entropy_by_quadrature(log_std: float) -> float:
 @pytest.mark.parametrize("log_std", [-1.0, 0.0, 1.0, 2.0])
 def test_the_parameter_entropy_is_the_squashed_distributions(log_std):
     torch.manual_seed(0)
-    dist = _distribution(log_std, batch=200_000)
-    estimate = dist.param_entropy()[:, 0].mean().item()
-    assert estimate == pytest.approx(_squashed_entropy_by_quadrature(log_std), abs=0.03)
+    samples = _distribution(log_std, batch=200_000).param_entropy()[:, 0]
+    standard_error = samples.std().item() / math.sqrt(samples.numel())
+    truth = _squashed_entropy_by_quadrature(log_std)
+    assert samples.mean().item() == pytest.approx(truth, abs=max(0.005, 5 * standard_error))
 
 
 def test_the_squashed_entropy_peaks_and_falls_unlike_the_gaussians():
@@ -146,15 +160,67 @@ def test_truncated_episodes_bootstrap_from_the_final_observation():
     assert checked > 0
 
 
-@pytest.mark.parametrize("freeze_mode", ["none", "last_block"])
-def test_batch_norm_statistics_follow_the_rollout_when_a_body_trains(freeze_mode):
+class _ScriptedEngine:
+    """Episodes end where a script says (T x B terminated / truncated); reward 1 each step."""
+
+    def __init__(self, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        self.terminated, self.truncated, self.t = terminated, truncated, 0
+        self.gen = torch.Generator().manual_seed(0)
+
+    def _frames(self, n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=self.gen)
+
+    def autoreset_step(self, kind, params, final_obs=False):
+        t, batch = self.t, self.terminated.shape[1]
+        self.t += 1
+        info = {"episode_return": torch.full((batch,), 7.0),
+                "episode_length": torch.full((batch,), 3.0),
+                "is_success": torch.zeros(batch, dtype=torch.bool)}
+        if final_obs:
+            info["truncated_rows"] = self.truncated[t].nonzero().squeeze(-1)
+            info["final_obs"] = self._frames(len(info["truncated_rows"]))
+        return (self._frames(batch), torch.ones(batch), self.terminated[t], self.truncated[t],
+                info)
+
+
+def test_terminated_steps_get_no_bootstrap_and_truncated_ones_get_gamma_v():
+    terminated = torch.tensor([[True, False, False], [False, False, True]])
+    truncated = torch.tensor([[False, True, False], [False, True, False]])
+    env_cfg = DurotaxisConfig(image_size=32)
+    cfg = TrainPPOConfig(env=env_cfg, ppo=PPOConfig(num_envs=3, num_steps=2, num_minibatches=1))
+    torch.manual_seed(0)
+    model = _tiny_model("all", env_cfg)
+    envs = _ScriptedEngine(terminated, truncated)
+    buffer = RolloutBuffer(2, 3, obs_shape=(1, 32, 32), param_dim=5, prefix_shape=None,
+                           device=torch.device("cpu"))
+    finals = []
+    original = envs.autoreset_step
+
+    def recording_step(*args, **kwargs):
+        out = original(*args, **kwargs)
+        finals.append(out[4]["final_obs"])
+        return out
+
+    envs.autoreset_step = recording_step
+    collect_rollout(model, envs, buffer, torch.zeros(3, 1, 32, 32, dtype=torch.uint8), cfg,
+                    torch.device("cpu"))
+    for t in range(2):
+        expected = torch.ones(3)
+        with torch.no_grad():  # V of the final observations, by hand
+            v = model.critic_head(model.encode(finals[t])[1]).squeeze(-1)
+        expected[truncated[t]] += cfg.ppo.gamma * v
+        torch.testing.assert_close(buffer.rewards[t], expected)
+        assert torch.equal(buffer.rewards[t][terminated[t]], torch.ones(int(terminated[t].sum())))
+    assert torch.equal(buffer.dones, terminated | truncated)
+    # Episode statistics count the environment's returns, not the bootstrapped rewards.
+    assert buffer.episode_stats.tolist() == [4.0, 28.0, 12.0, 0.0]
+
+
+def test_batch_norm_statistics_follow_the_rollout_when_a_body_trains():
     torch.manual_seed(0)
     config = DurotaxisConfig(image_size=32)
-    model = _tiny_model(freeze_mode, config)
+    model = _tiny_model("none", config)
     trainable = model.trainable_batch_norms()
-    frozen = [m for m in model.actor_encoder.modules()
-              if isinstance(m, torch.nn.BatchNorm2d) and m not in trainable]
-    frozen_before = [(m.running_mean.clone(), m.running_var.clone()) for m in frozen]
     assert trainable and all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
                              for m in trainable)
     env = make_engine(config, 64)
@@ -174,25 +240,83 @@ def test_batch_norm_statistics_follow_the_rollout_when_a_body_trains(freeze_mode
     torch.testing.assert_close(first.running_var, x.var(dim=(0, 2, 3)), rtol=0.05, atol=1e-4)
     assert all(not torch.equal(m.running_var, torch.ones_like(m.running_var))
                for m in trainable)
+
+
+@pytest.mark.parametrize("freeze_mode", ["none", "last_block"])
+def test_one_iteration_leaves_the_batch_norm_statistics_of_its_rollout(freeze_mode):
+    env_cfg = DurotaxisConfig(image_size=32)
+    cfg = TrainPPOConfig(env=env_cfg, ppo=PPOConfig(num_envs=4, num_steps=4, num_minibatches=1,
+                                                    update_epochs=1))
+    torch.manual_seed(0)
+    model = _tiny_model(freeze_mode, env_cfg)
+    trainable = model.trainable_batch_norms()
+    frozen = [m for m in model.modules()
+              if isinstance(m, torch.nn.BatchNorm2d) and m not in trainable]
+    frozen_before = [(m.running_mean.clone(), m.running_var.clone()) for m in frozen]
+    envs = make_engine(env_cfg, 4)
+    shape = prefix_shape(model, (1, 32, 32), torch.device("cpu")) if model.caches_prefix else None
+    buffer = RolloutBuffer(4, 4, obs_shape=(1, 32, 32), param_dim=5, prefix_shape=shape,
+                           device=torch.device("cpu"))
+    collect_rollout(model, envs, buffer, envs.reset(seed=0), cfg, torch.device("cpu"))
+    optimizer = build_optimizer(model, backbone_lr=1e-4, head_lr=3e-4, kind="adam", eps=1e-5)
+    update(model, optimizer, buffer, torch.Generator().manual_seed(0), None,
+           SimpleNamespace(world=World()), cfg)
+    assert not any(m.training for m in model.modules())  # the next rollout runs in eval
+    after = [(m.running_mean.clone(), m.running_var.clone()) for m in trainable]
+    assert all(not torch.equal(v, torch.ones_like(v)) and not torch.equal(m, torch.zeros_like(m))
+               for m, v in after)
+    model.refresh_batch_norm(buffer.batch())  # the same rollout, the same weights: no change
+    for m, (mean, var) in zip(trainable, after, strict=True):
+        torch.testing.assert_close(m.running_mean, mean)
+        torch.testing.assert_close(m.running_var, var)
     for m, (mean, var) in zip(frozen, frozen_before, strict=True):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
 
 
-def test_a_frozen_body_has_no_batch_norm_to_refresh():
+def test_ranks_pool_their_batch_norm_statistics_as_one_rollout(monkeypatch):
+    torch.manual_seed(0)
+    data = torch.randn(2000, 3) * torch.tensor([1.0, 2.0, 0.5])
+    data[1000:] += torch.tensor([1.0, -2.0, 0.0])  # the ranks' rollouts differ in mean
+    halves = []
+    for part in data.split(1000):
+        layer = torch.nn.BatchNorm1d(3, momentum=None)
+        layer(part)
+        halves.append(layer.eval())
+    other = halves[1]
+    other_stats = torch.cat([other.running_mean, other.running_var, other.running_mean ** 2])
+    monkeypatch.setattr(train_ppo, "mean_over_ranks", lambda v, world: (v + other_stats) / 2)
+    pool_batch_norm_over_ranks([halves[0]], World(rank=0, world_size=2))
+    torch.testing.assert_close(halves[0].running_mean, data.mean(0))
+    torch.testing.assert_close(halves[0].running_var, data.var(0), rtol=1e-3, atol=0)
+
+
+def test_a_frozen_body_has_no_batch_norm_to_refresh(monkeypatch):
     model = _tiny_model("all", DurotaxisConfig(image_size=32))
     assert model.trainable_batch_norms() == []
+
+    def no_forward(*args):
+        raise AssertionError("nothing should run when no BatchNorm trains")
+
+    monkeypatch.setattr(model, "encode", no_forward)
+    monkeypatch.setattr(model, "encode_from_prefix", no_forward)
     assert model.refresh_batch_norm({"obs": torch.zeros(2, 1, 32, 32, dtype=torch.uint8)}) == []
 
 
 def test_training_and_evaluation_keys_never_meet():
-    most_envs = 2**16
-    train_high = max(training_env_seed(seed, rank) + most_envs
-                     for seed in range(0, 2**16, 997) for rank in range(8))
-    assert train_high <= evaluation_seed(0)
-    for seed in range(1001):
-        train = {training_env_seed(seed, rank) for rank in range(8)}
-        assert all(evaluation_seed(seed) >= t + 2**20 for t in train)
-        # and different seeds' evaluation ranges do not overlap either
-        assert evaluation_seed(seed + 1) - evaluation_seed(seed) >= 2**20
+    """Every seed's training ranges (8 ranks) and evaluation range, 2**16 envs each: disjoint."""
+    envs = 2**16
+    starts = [training_env_seed(seed, rank) for seed in range(1001) for rank in range(8)]
+    starts += [evaluation_seed(seed) for seed in range(1001)]
+    for start, next_start in pairwise(sorted(starts)):
+        assert start + envs <= next_start
+    # By construction: the last training key of the largest seed and rank is below evaluation's.
+    assert training_env_seed(2**16 - 1, 15) + 2**20 <= evaluation_seed(0)
+
+
+def test_training_seeds_outside_the_disjoint_layout_are_refused():
+    with pytest.raises(ConfigError, match="--seed=65536 is out of range"):
+        training_env_seed(2**16, 0)
+    with pytest.raises(ConfigError, match="rank 16 is out of range"):
+        training_env_seed(0, 16)
     with pytest.raises(Exception, match="--seed=70000 is out of range"):
         TrainPPOConfig(run=train_ppo.RunSettings(seed=70000))
