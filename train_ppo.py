@@ -119,8 +119,7 @@ class TrainPPOConfig:
     """Weights & Biases logging."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.run.seed < 2**16:  # keeps training and evaluation keys apart
-            raise ConfigError(f"--seed={self.run.seed} is out of range; allowed: 0..65535")
+        training_env_seed(self.run.seed, rank=0)  # refuses a seed that would mix key ranges
         if self.ppo.batch_size % self.ppo.num_minibatches:
             raise ConfigError(
                 f"ppo.num_envs * ppo.num_steps ({self.ppo.batch_size}) must be divisible by "

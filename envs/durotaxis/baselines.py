@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from envs.durotaxis.cluster import hill_length
 from envs.durotaxis.config import DELETE, PARAM_NAMES, SPAWN, DurotaxisConfig
 from envs.durotaxis.engine import DurotaxisEngine, make_engine
 from envs.durotaxis.evaluation import run_episodes
@@ -104,13 +105,11 @@ def privileged_policy(env: DurotaxisEngine) -> tuple[torch.Tensor, torch.Tensor]
     direction = env.goal_direction(env.centroid)
     if c.obstacles:
         direction = _around_obstacles(env, direction)
-    proj = (env.pos * direction[:, None, :]).sum(-1)
-    parent = proj.masked_fill(~env.alive, -math.inf).argmax(dim=1)
-    parent_pos = env.pos.gather(1, parent[:, None, None].expand(-1, 1, 2)).squeeze(1)
+    parent_pos = env.leading_cell(direction)
     to_goal = parent_pos.norm(dim=-1)
     wanted = torch.minimum(torch.full_like(to_goal, 0.95 * c.max_link), to_goal)
     stiffness = env.log_stiffness(parent_pos).exp()
-    hill = 1.0 / (1.0 + (low[3] / stiffness) ** 2)
+    hill = hill_length(1.0, low[3], stiffness)
     return _rule_action(env, direction, wanted / hill)
 
 
@@ -125,9 +124,7 @@ def _around_obstacles(env: DurotaxisEngine, direction: torch.Tensor) -> torch.Te
         cos, sin = math.cos(angle), math.sin(angle)
         d = torch.stack([cos * direction[:, 0] - sin * direction[:, 1],
                          sin * direction[:, 0] + cos * direction[:, 1]], dim=-1)
-        proj = (env.pos * d[:, None, :]).sum(-1)
-        parent = proj.masked_fill(~env.alive, -math.inf).argmax(dim=1)
-        start = env.pos.gather(1, parent[:, None, None].expand(-1, 1, 2)).squeeze(1)
+        start = env.leading_cell(d)
         # Clear if the whole protrusion segment keeps `margin` from every obstacle centre.
         rel = env.obstacle_pos - start[:, None, :]
         along = (rel * d[:, None, :]).sum(-1).clamp(0.0, c.max_link)
@@ -148,7 +145,7 @@ def _easy_heuristic(env: DurotaxisEngine) -> tuple[torch.Tensor, torch.Tensor]:
     goal = env.s_ref + c.success_fraction * (c.half_width - env.s_ref)
     stiffness = env.intensity(front, env.exponential)
     alpha = torch.full_like(front, float(low[3]))
-    hill = 1.0 / (1.0 + (alpha / stiffness) ** 2)
+    hill = hill_length(1.0, alpha, stiffness)
     wanted = (goal - front + 1.0).clamp(min=0.0)
     gamma = torch.maximum(torch.minimum(wanted / hill, high[2]), low[2])
     kind = torch.where(env.num_cells() >= c.max_cells, DELETE, SPAWN)

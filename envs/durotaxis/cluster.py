@@ -46,6 +46,8 @@ class CellClusters:
 
     # ----- what the subclass provides --------------------------------------------------
     def _reset_state(self, mask: torch.Tensor) -> None:
+        """Draw the masked envs' new episodes: substrate, cells (the counters and the
+        centroid are `_start_episodes`' part)."""
         raise NotImplementedError
 
     def step(self, kind: torch.Tensor, params: torch.Tensor
@@ -70,13 +72,22 @@ class CellClusters:
             self.seed(int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 2))
         else:
             self.episode += 1
-        self._reset_state(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._start_episodes(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
         return self.observe()
 
     def reset_where(self, mask: torch.Tensor) -> None:
         """Start the next episode in the masked environments (no host sync)."""
         self.episode += mask.long()
+        self._start_episodes(mask)
+
+    def _start_episodes(self, mask: torch.Tensor) -> None:
+        """The engine draws the masked envs' episodes; their step count and return restart."""
         self._reset_state(mask)
+        self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
+        self.episode_return = torch.where(
+            mask, torch.zeros_like(self.episode_return), self.episode_return
+        )
+        self._update_centroid()
 
     def autoreset_step(
         self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
@@ -126,6 +137,10 @@ class CellClusters:
         direction = torch.where(norm > 1e-6, raw_dir / norm.clamp(min=1e-6), fallback)
         return kind, params, direction
 
+    def leading_cell(self, direction: torch.Tensor) -> torch.Tensor:
+        """B x 2 position of the alive cell that leads in `direction`: a spawn's parent."""
+        return self._lead_and_trail(direction)[0]
+
     def _lead_and_trail(self, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(position of the cell leading in `direction`, index of the one trailing)."""
         proj = (self.pos * direction[:, None, :]).sum(-1)
@@ -168,6 +183,13 @@ class CellClusters:
         for name in self._STATE:
             setattr(self, name, state[name].to(self.device).clone())
         self._seeded = bool(state["seeded"])
+
+
+def hill_length(gamma: torch.Tensor | float, alpha: torch.Tensor,
+                stiffness: torch.Tensor) -> torch.Tensor:
+    """Protrusion length by the Hill equation, gamma / (1 + (alpha / I)^2) (both engines and
+    the privileged baselines; gamma = 1 gives the Hill factor)."""
+    return gamma / (1.0 + (alpha / stiffness) ** 2)
 
 
 def _is_integer_dtype(dtype: torch.dtype) -> bool:

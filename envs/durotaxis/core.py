@@ -39,7 +39,7 @@ import math
 import numpy as np
 import torch
 
-from envs.durotaxis.cluster import CellClusters
+from envs.durotaxis.cluster import CellClusters, hill_length
 from envs.durotaxis.config import (  # noqa: F401  (the action space, re-exported)
     DELETE,
     FAIL_NO_CELLS,
@@ -172,13 +172,8 @@ class DurotaxisCore(CellClusters):
         self.exponential = torch.where(mask, exponential, self.exponential)
         self.pos = torch.where(m[..., None], pos, self.pos)
         self.alive = torch.where(m, alive, self.alive)
-        self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
-        self.episode_return = torch.where(
-            mask, torch.zeros_like(self.episode_return), self.episode_return
-        )
         s_front = s_cells.masked_fill(~alive, -math.inf).amax(dim=1)
         self.s_ref = torch.where(mask, s_front, self.s_ref)
-        self._update_centroid()
 
     def step(
         self, kind: torch.Tensor, params: torch.Tensor
@@ -206,7 +201,7 @@ class DurotaxisCore(CellClusters):
         stiffness = self.intensity(parent_s, self.exponential)
         u = hash_uniform(self.keys, self.episode, self.steps, 2)
         eps = _normals(u[:, 0], u[:, 1])
-        dist = (gamma / (1.0 + (alpha / stiffness) ** 2) + noise_scale * eps).clamp(min=0.0)
+        dist = (hill_length(gamma, alpha, stiffness) + noise_scale * eps).clamp(min=0.0)
         new_pos = parent_pos + dist[:, None] * direction
         new_s = (new_pos * self.grad_dir).sum(-1)
         new_t = new_pos[:, 1] * self.grad_dir[:, 0] - new_pos[:, 0] * self.grad_dir[:, 1]

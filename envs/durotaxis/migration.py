@@ -41,7 +41,7 @@ import math
 import numpy as np
 import torch
 
-from envs.durotaxis.cluster import CellClusters
+from envs.durotaxis.cluster import CellClusters, hill_length
 from envs.durotaxis.config import (
     DELETE,
     FAIL_NO_CELLS,
@@ -148,11 +148,6 @@ class MigrationCore(CellClusters):
         self.pos = torch.where(m[..., None], pos, self.pos)
         self.alive = torch.where(m, alive, self.alive)
         self.obstacle_pos = torch.where(m[..., None], obstacles, self.obstacle_pos)
-        self.steps = torch.where(mask, torch.zeros_like(self.steps), self.steps)
-        self.episode_return = torch.where(
-            mask, torch.zeros_like(self.episode_return), self.episode_return
-        )
-        self._update_centroid()
 
     def step(
         self, kind: torch.Tensor, params: torch.Tensor
@@ -174,7 +169,7 @@ class MigrationCore(CellClusters):
 
         stiffness = self.log_stiffness(parent_pos).exp()
         u = hash_uniform(self.keys, self.episode, self.steps, 4)
-        length = gamma / (1.0 + (alpha / stiffness) ** 2) + noise_scale * _normals(u[:, 0], u[:, 1])
+        length = hill_length(gamma, alpha, stiffness) + noise_scale * _normals(u[:, 0], u[:, 1])
         length = length.clamp(min=0.0)
         turn = c.direction_noise * _normals(u[:, 2], u[:, 3])
         cos, sin = turn.cos(), turn.sin()
