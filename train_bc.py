@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import torch
 import tyro
@@ -63,6 +63,9 @@ class TrainBCConfig(Generic[AgentConfigT]):
     (no evaluator is built: for Lift, no robosuite)."""
     eval_workers: int = 1
     """Evaluation environments run in this many worker processes (where the task supports it)."""
+    eval_goals: Literal["valid", "test"] | None = None
+    """Held-out goals of the in-context evaluation (Dark Room tasks): valid for every
+    budget / learning-rate choice, test for final numbers only; None: the task's (test)."""
     cache_dir: str = "~/.cache/rlenc"
     """Where generated default datasets are kept."""
     run: Annotated[RunSettings, tyro.conf.OmitArgPrefixes] = RunSettings()
@@ -108,6 +111,17 @@ def agent_fields(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
     return {name: getattr(cfg.agent, name) for name in task.agent_fields}
 
 
+def evaluator_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
+    """The task's evaluator options, with --eval_goals where the task has goal splits."""
+    options = dict(task.evaluator_options)
+    if cfg.eval_goals is not None:
+        if "goals" not in options:
+            raise ValueError(f"--eval_goals: --env_name={task.name} has no held-out goal "
+                             f"splits to choose from")
+        options["goals"] = cfg.eval_goals
+    return options
+
+
 def load_data(cfg: TrainBCConfig, task: BCTask, run: Run) -> BCData:
     """The task's data on the run's device; rank 0 first (it may generate the default set)."""
     if not run.world.is_main:
@@ -143,6 +157,7 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     """Train, checkpoint and evaluate; returns the final evaluation metrics (rank 0's)."""
     task = get_bc_task(cfg.env_name)
     _, agent_class = get_agent(cfg.agent_name)
+    eval_options = evaluator_options(cfg, task)  # before the run: a bad flag writes nothing
     name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
@@ -156,6 +171,7 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         loss_fn = data_parallel(LossForward(agent, agent.loss), run.world, run.device)
         loss_fn = with_autocast(loss_fn, run.device, cfg.run.amp)
         logger = run.open({"agent_name": cfg.agent_name}, agent.components())
+        valid = held_out(agent, data, run)
         data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
         evaluator: Evaluator | None = None
         if cfg.eval_episodes > 0 and run.is_main:
@@ -165,10 +181,13 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
                 seed=cfg.run.seed,
                 num_workers=cfg.eval_workers,
                 video_dir=run.dir / "videos",
-                **task.evaluator_options,
+                **eval_options,
             )
 
         def evaluate(step: int) -> dict[str, float]:
+            if valid is not None:  # the held-out loss, logged apart from the returned metrics
+                with autocast(run.device, cfg.run.amp):
+                    logger.log(agent.valid_metrics(valid), step=step)
             if evaluator is None:
                 return {}
             with autocast(run.device, cfg.run.amp):
@@ -191,6 +210,15 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         if not stopped and run.is_main:
             (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
     return {} if stopped else metrics
+
+
+def held_out(agent, data, run: Run):
+    """The task's held-out data, prepared as the agent reads it (rank 0; None when the data
+    has no valid set or the agent computes no held-out loss)."""
+    valid = getattr(data, "valid", None)
+    if valid is None or not run.is_main or not hasattr(agent, "valid_metrics"):
+        return None
+    return agent.prepare(valid)
 
 
 def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Generator,

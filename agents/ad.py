@@ -40,7 +40,8 @@ class ADConfig:
     """Algorithm Distillation transformer."""
 
     context_episodes: int = 4
-    """Complete episodes before the current one that the transformer sees."""
+    """Complete episodes before the current one that the transformer sees (0: only the
+    current episode)."""
     d_model: int = 64
     """Embedding width."""
     n_layer: int = 4
@@ -71,6 +72,11 @@ class ADConfig:
     def compressed_episodes(self) -> int:
         """Older episodes compressed before the context: none for AD (its data windows)."""
         return 0
+
+    @property
+    def compression_depth(self) -> int:
+        """Chunks of compressed episodes: one (of none) for AD (its data windows)."""
+        return 1
 
 
 class GridHistorySpec(Protocol):

@@ -2,33 +2,48 @@
 
 The AD decoder sees the current episode and `context_episodes` complete episodes before
 it, as in agents/ad.py, plus `n_latent` latent tokens in front that summarise up to
-`compressed_episodes` older episodes. An encoder folds those older episodes in one at a
-time, oldest first: z_0 is learned, z_k = encoder(z_{k-1}, episode_k), where an episode
-enters as its H transition tokens embed(obs_t, a_t, r_t) and the encoder attends over
-[z_{k-1}; episode tokens] bidirectionally and keeps the outputs at the latent slots. The
-token embedding and its LayerNorm (`embed`, `embed_ln`) are shared by the encoder and
-the decoder.
+`compressed_episodes x compression_depth` older episodes. An encoder folds those older
+episodes in one at a time, oldest first: z_0 is learned, z_k = encoder(z_{k-1},
+episode_k), where an episode enters as its H transition tokens embed(obs_t, a_t, r_t)
+(the encoder's own input embedding `embed` and LayerNorm `embed_ln`) and the encoder
+attends over [z_{k-1}; episode tokens] bidirectionally and keeps the outputs at the
+latent slots. The decoder has its own input embedding (`decoder_embed`,
+`decoder_embed_ln`) of its tokens embed(obs_t, a_{t-1}, r_{t-1}), as AD's.
 
-Stage 1 (`compressed_ad_pretrain`) trains the embedding and the encoder alone with a
+Long memory (`compression_depth` D > 1): the compressed episodes form D chunks of
+`compressed_episodes`, counted back from the decoder's raw window, and each chunk is
+compressed starting from the latents of the chunk before it. Those latents enter as a
+constant: the gradient stops at chunk boundaries (as Transformer-XL's memory does), so a
+step back-propagates through one chunk's folds whatever the depth, while the forward
+pass reaches back D x compressed_episodes episodes. D = 1 is one chunk, folded with the
+full gradient.
+
+Stage 1 (`compressed_ad_pretrain`) trains the encoder and its embedding alone with a
 reconstruction objective that cannot collapse: after compressing d episodes, a small
 decoder is told which episode (its age, 0 = the newest) and which steps to rebuild, and
 must classify the raw cells, actions and rewards of that episode: fixed targets from the
 data, not features of layers trained by the same loss. Its accuracies are reported per
 field.
 
-Stage 2 (`compressed_ad`) loads the stage-1 embedding, LayerNorm and encoder from
+Stage 2 (`compressed_ad`) loads the stage-1 encoder, embedding and LayerNorm from
 `--agent.encoder_checkpoint` and trains action prediction, either fine-tuning them
-(`--agent.freeze_encoder=False`, encoder + shared embedding in the optimizer's
-"backbone" group at `encoder_lr`) or freezing all three (`=True`: no gradient, dropout
-off, bit-identical to the checkpoint).
+(`--agent.freeze_encoder=False`, the three in the optimizer's "backbone" group at
+`encoder_lr`) or freezing all three (`=True`: no gradient, dropout off, bit-identical to
+the checkpoint). The decoder, its embedding and the head train in both modes, so the two
+differ in the encoder only.
 
 In context the raw window slides by whole episodes as in AD; when it does, the episodes
-that left it (up to `compressed_episodes`) are compressed afresh from z_0 and the
-decoder's KV cache is refilled once, so the latents always match what training showed.
+that left it (up to `compressed_episodes x compression_depth`) are compressed afresh from
+z_0 and the decoder's KV cache is refilled once, so the latents always match what
+training showed.
+
+`same_information_ad` gives the plain-AD control of a compressed-AD config: AD whose raw
+context spans the decoder's episodes plus the compressed ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.ad import (
+    ADConfig,
     Block,
     CausalTransformer,
     EpisodeContext,
@@ -63,7 +79,11 @@ class CompressedADPretrainConfig:
     """Stage 1: pretrain the context encoder by reconstruction."""
 
     compressed_episodes: int = 4
-    """Most episodes folded into the latents (d is drawn from 1..this per sample)."""
+    """Episodes per compressed chunk; d is drawn from 1..this x compression_depth per
+    sample."""
+    compression_depth: int = 1
+    """Chunks folded in sequence, each from the latents of the one before (the gradient
+    stops at chunk boundaries); set it as in stage 2."""
     n_latent: int = 16
     """Latent tokens the encoder keeps."""
     d_model: int = 64
@@ -89,13 +109,19 @@ class CompressedADPretrainConfig:
 
     def __post_init__(self) -> None:
         check_transformer_ranges(self)
-        for name in ("compressed_episodes", "n_latent", "encoder_layers", "recon_layers"):
+        for name in ("compressed_episodes", "compression_depth", "n_latent", "encoder_layers",
+                     "recon_layers"):
             at_least(f"agent.{name}", getattr(self, name), 1)
 
     @property
     def context_episodes(self) -> int:
         """Stage 1 needs no decoder context: windows are the compressible episodes + one."""
         return 0
+
+    @property
+    def prefix_episodes(self) -> int:
+        """Most episodes folded into the latents: compressed_episodes x compression_depth."""
+        return self.compressed_episodes * self.compression_depth
 
 
 @dataclass(frozen=True)
@@ -106,11 +132,16 @@ class CompressedADConfig:
     """Stage-1 checkpoint (checkpoints/last.pt of a compressed_ad_pretrain run); "" trains
     the encoder from scratch with the decoder."""
     freeze_encoder: bool = False
-    """Freeze the encoder and the shared embedding + LayerNorm loaded from the checkpoint."""
+    """Freeze the encoder and its input embedding + LayerNorm loaded from the checkpoint
+    (the decoder's own embedding trains either way)."""
     context_episodes: int = 4
     """Complete episodes before the current one that the decoder sees raw."""
     compressed_episodes: int = 4
-    """Older episodes folded into the latents."""
+    """Older episodes folded into the latents (per chunk when compression_depth > 1)."""
+    compression_depth: int = 1
+    """Chunks of compressed_episodes folded in sequence, each from the latents of the one
+    before (the gradient stops at chunk boundaries): the latents reach back
+    compressed_episodes x compression_depth episodes. 1: one chunk, full gradient."""
     n_latent: int = 16
     """Latent tokens the encoder keeps."""
     d_model: int = 64
@@ -128,7 +159,7 @@ class CompressedADConfig:
     lr: float = 3e-4
     """Adam learning rate of the decoder and head."""
     encoder_lr: float = 3e-4
-    """Learning rate of the encoder and shared embedding when fine-tuned."""
+    """Learning rate of the encoder and its input embedding when fine-tuned."""
     lr_decay_steps: int = 0
     """Cosine-decay the learning rates to 0 over this many updates (0: constant)."""
     weight_decay: float = 0.0
@@ -141,9 +172,33 @@ class CompressedADConfig:
     def __post_init__(self) -> None:
         check_transformer_ranges(self)
         at_least("agent.compressed_episodes", self.compressed_episodes, 0)
-        for name in ("n_latent", "encoder_layers"):
+        for name in ("compression_depth", "n_latent", "encoder_layers"):
             at_least(f"agent.{name}", getattr(self, name), 1)
         positive("agent.encoder_lr", self.encoder_lr)
+
+    @property
+    def prefix_episodes(self) -> int:
+        """Most episodes folded into the latents: compressed_episodes x compression_depth."""
+        return self.compressed_episodes * self.compression_depth
+
+
+def same_information_ad(cfg: CompressedADConfig) -> ADConfig:
+    """The plain-AD control of a compressed-AD config: the same decoder and optimiser,
+    with a raw context of the decoder's episodes plus the compressed ones (nothing
+    compressed), so AD gets the same raw information as compressed AD."""
+    return ADConfig(
+        context_episodes=cfg.context_episodes + cfg.prefix_episodes,
+        d_model=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, lr=cfg.lr, lr_decay_steps=cfg.lr_decay_steps,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, temperature=cfg.temperature,
+    )
+
+
+def same_information_ad_flags(cfg: CompressedADConfig) -> list[str]:
+    """`same_information_ad` as train_bc.py flags: --agent=ad and every AD setting."""
+    control = same_information_ad(cfg)
+    return ["--agent=ad", *(f"--agent.{f.name}={getattr(control, f.name)}"
+                            for f in dataclasses.fields(control))]
 
 
 class ContextEncoder(nn.Module):
@@ -175,7 +230,8 @@ class ContextEncoder(nn.Module):
 
 
 class _SharedContext(nn.Module):
-    """Embedding, LayerNorm and encoder: the part stage 1 trains and stage 2 loads."""
+    """The encoder and its input embedding + LayerNorm: the part stage 1 trains and stage 2
+    loads (shared between the stages, not with the stage-2 decoder)."""
 
     def _build_shared(self, cfg, spec: GridHistorySpec) -> None:
         if cfg.d_model % cfg.n_head:
@@ -183,13 +239,15 @@ class _SharedContext(nn.Module):
         self.horizon = spec.horizon
         self.num_actions = spec.num_actions
         self.grid_size = spec.grid_size
+        self.chunk_episodes = cfg.compressed_episodes
+        self.compression_depth = cfg.compression_depth
         self.embed = TokenEmbedding(self.grid_size, self.num_actions, cfg.d_model)
         self.embed_ln = nn.LayerNorm(cfg.d_model)
         self.encoder = ContextEncoder(cfg.d_model, cfg.n_head, cfg.encoder_layers, cfg.n_latent,
                                       self.horizon, cfg.dropout, cfg.attention_dropout)
 
     def shared_modules(self) -> list[nn.Module]:
-        """The encoder and the shared embedding + LayerNorm (the "backbone")."""
+        """The encoder and its input embedding + LayerNorm (the "backbone")."""
         return [self.encoder, self.embed, self.embed_ln]
 
     def prepare(self, data: BCData) -> BCData:
@@ -203,23 +261,41 @@ class _SharedContext(nn.Module):
 
     def compress(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                  depth: torch.Tensor | int) -> torch.Tensor:
-        """Fold the last `depth` of D episodes (B x D*H ...) into latents, oldest first.
+        """Fold the last `depth` of P episodes (B x P*H ...) into latents, oldest first.
 
-        depth is per sample (B, on the device) in training, one int in context.
+        depth is per sample (B, on the device) in training, one int in context. With
+        compression_depth > 1 the episodes before the newest chunk (the last
+        `compressed_episodes`) are folded without gradient: their latents start the newest
+        chunk's compression as a constant.
         """
-        b = obs.shape[0]
         episodes = obs.shape[1] // self.horizon
-        z = self.encoder.initial(b)
-        if episodes == 0:
+        z = self.encoder.initial(obs.shape[0])
+        first = episodes - depth if isinstance(depth, int) else 0
+        cut = first
+        if self.compression_depth > 1:
+            cut = max(first, episodes - self.chunk_episodes)
+        if cut > first:
+            with torch.no_grad():
+                z = self._fold(z, obs, actions, rewards, depth, first, cut)
+        return self._fold(z, obs, actions, rewards, depth, cut, episodes)
+
+    def _fold(self, z: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor,
+              rewards: torch.Tensor, depth: torch.Tensor | int, start: int,
+              stop: int) -> torch.Tensor:
+        """Fold episodes start..stop-1 of the P in obs into z (those within `depth`)."""
+        if stop <= start:
             return z
-        tokens = self.embed_transitions(obs, actions, rewards).view(b, episodes, self.horizon, -1)
-        if isinstance(depth, int):
-            for k in range(episodes - depth, episodes):
-                z = self.encoder(z, tokens[:, k])
-            return z
-        for k in range(episodes):
-            active = (k >= episodes - depth)[:, None, None]
-            z = torch.where(active, self.encoder(z, tokens[:, k]), z)
+        b, h = obs.shape[0], self.horizon
+        steps = slice(start * h, stop * h)
+        tokens = self.embed_transitions(obs[:, steps], actions[:, steps], rewards[:, steps])
+        tokens = tokens.view(b, stop - start, h, -1)
+        episodes = obs.shape[1] // h
+        for k in range(start, stop):
+            if isinstance(depth, int):  # start >= P - depth: every episode is real
+                z = self.encoder(z, tokens[:, k - start])
+            else:
+                active = (k >= episodes - depth)[:, None, None]
+                z = torch.where(active, self.encoder(z, tokens[:, k - start]), z)
         return z
 
 
@@ -241,7 +317,7 @@ class CompressedADPretrainAgent(_SharedContext):
         self.device = torch.device(device)
         self._build_shared(cfg, spec)
         d = cfg.d_model
-        self.age = nn.Embedding(cfg.compressed_episodes, d)
+        self.age = nn.Embedding(cfg.prefix_episodes, d)
         self.query_step = nn.Parameter(torch.randn(self.horizon, d) * 0.02)
         self.recon = nn.ModuleList(
             Block(d, cfg.n_head, cfg.dropout, causal=False,
@@ -264,7 +340,7 @@ class CompressedADPretrainAgent(_SharedContext):
     def components(self) -> dict[str, nn.Module]:
         """Parts for the parameter report."""
         return {"encoder": self.encoder,
-                "context_embedding": nn.ModuleList([self.embed, self.embed_ln]),
+                "encoder_embedding": nn.ModuleList([self.embed, self.embed_ln]),
                 "reconstruction_decoder": nn.ModuleList([self.age, self.recon, self.recon_ln,
                                                          self.heads])}
 
@@ -279,7 +355,7 @@ class CompressedADPretrainAgent(_SharedContext):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the rebuilt cells, actions and rewards of one compressed episode."""
-        h, d_max = self.horizon, self.cfg.compressed_episodes
+        h, d_max = self.horizon, self.cfg.prefix_episodes
         n = d_max * h
         obs, actions = batch["obs"][:, :n], batch["actions"][:, :n]
         rewards = batch["rewards"][:, :n]
@@ -329,6 +405,11 @@ class CompressedADAgent(_SharedContext):
         self.device = torch.device(device)
         self._build_shared(cfg, spec)
         self.window = (cfg.context_episodes + 1) * self.horizon
+        # The decoder's own input embedding: its tokens hold the previous step, not the
+        # transition the encoder's embedding was pretrained on, and it trains when the
+        # encoder is frozen.
+        self.decoder_embed = TokenEmbedding(self.grid_size, self.num_actions, cfg.d_model)
+        self.decoder_embed_ln = nn.LayerNorm(cfg.d_model)
         self.decoder = CausalTransformer(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.dropout,
                                          cfg.n_latent + self.window, cfg.attention_dropout)
         self.head = nn.Linear(cfg.d_model, self.num_actions)
@@ -350,7 +431,7 @@ class CompressedADAgent(_SharedContext):
         self._rollout: dict | None = None
 
     def load_encoder(self, path: str | Path) -> None:
-        """Copy embed, embed_ln and encoder from a stage-1 (or stage-2) checkpoint."""
+        """Copy the encoder, embed and embed_ln from a stage-1 (or stage-2) checkpoint."""
         state = load_checkpoint(path)["model"]
         shared = {k: v for k, v in state.items() if k.startswith(SHARED_PREFIXES)}
         if not any(k.startswith("encoder.") for k in shared):
@@ -368,19 +449,21 @@ class CompressedADAgent(_SharedContext):
         return self
 
     def frozen_state_names(self) -> list[str]:
-        """State-dict names of the frozen encoder, embedding and LayerNorm tensors."""
+        """State-dict names of the frozen encoder and its embedding and LayerNorm tensors."""
         return self.frozen_parts.state_names(self)
 
     def components(self) -> dict[str, nn.Module]:
         """Parts for the parameter report."""
         return {"encoder": self.encoder,
-                "context_embedding": nn.ModuleList([self.embed, self.embed_ln]),
+                "encoder_embedding": nn.ModuleList([self.embed, self.embed_ln]),
+                "decoder_embedding": nn.ModuleList([self.decoder_embed,
+                                                   self.decoder_embed_ln]),
                 "decoder": self.decoder, "head": self.head}
 
     def logits(self, z: torch.Tensor | None, obs: torch.Tensor, prev_action: torch.Tensor,
                prev_reward: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Action logits of the raw tokens; z (B x n x d) leads when starting a sequence."""
-        x = self.embed_ln(self.embed(obs, prev_action, prev_reward))
+        x = self.decoder_embed_ln(self.decoder_embed(obs, prev_action, prev_reward))
         starts = cache is None or cache.length == 0
         if starts:
             x = torch.cat([z, x], 1)
@@ -389,14 +472,14 @@ class CompressedADAgent(_SharedContext):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the learner's actions in the raw window, older episodes compressed."""
-        n_prefix = self.cfg.compressed_episodes * self.horizon
+        n_prefix = self.cfg.prefix_episodes * self.horizon
         obs, actions, rewards = batch["obs"], batch["actions"], batch["rewards"]
         depth = _draw_depth(batch["prefix_episodes"], 0)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_encoder):
             z = self.compress(obs[:, :n_prefix], actions[:, :n_prefix], rewards[:, :n_prefix],
                               depth)
         raw_a, raw_r = actions[:, n_prefix:], rewards[:, n_prefix:]
-        prev_a, prev_r = previous_steps(raw_a, raw_r, self.embed.none_action)
+        prev_a, prev_r = previous_steps(raw_a, raw_r, self.decoder_embed.none_action)
         logits = self.logits(z, obs[:, n_prefix:], prev_a, prev_r)
         loss = F.cross_entropy(logits.reshape(-1, self.num_actions), raw_a.reshape(-1))
         accuracy = (logits.argmax(-1) == raw_a).float().mean()
@@ -414,10 +497,10 @@ class CompressedADAgent(_SharedContext):
                       kv_cache: bool = True) -> None:
         """Start in-context rollouts for `num_envs` environments with an empty context."""
         self.eval()
-        capacity = self.cfg.compressed_episodes + self.cfg.context_episodes + 1
+        capacity = self.cfg.prefix_episodes + self.cfg.context_episodes + 1
         self._rollout = {
-            "context": EpisodeContext(num_envs, self.horizon, capacity, self.embed.none_action,
-                                      self.device),
+            "context": EpisodeContext(num_envs, self.horizon, capacity,
+                                      self.decoder_embed.none_action, self.device),
             "cache": self.decoder.new_cache(num_envs, self.device) if kv_cache else None,
             "generator": generator,
         }
@@ -444,7 +527,7 @@ class CompressedADAgent(_SharedContext):
         dropped = ctx.push(obs["obs"], obs["prev_action"], obs["prev_reward"])
         # The raw window moved on by an episode: the latents and every cached key change.
         slid = new_episode and (dropped or ctx.length > self.window)
-        none = self.embed.none_action
+        none = self.decoder_embed.none_action
         if cache is None or slid or ctx.length == 1:
             z, start = self._latents_and_raw(ctx)
             if cache is not None:

@@ -19,6 +19,11 @@ computes from a frame never changes, so `prepare` computes it once for the whole
 (batched, on the device) and training reads it from that cache: with freeze_mode=all (the
 default) the image features, and no ResNet runs in training; with until_layer3 /
 last_block the maps entering the trainable blocks, and only those blocks run.
+
+The policy that acts (and whose held-out loss is `valid/flow_loss`) is an exponential
+moving average of the trained one: torch's AveragedModel with use_buffers=True, so that
+BatchNorm's running statistics are averaged with the weights they belong to (EMAPolicy
+says why, and where it departs from AveragedModel's defaults).
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from encoders import Arch, EncoderConfig, ResNetEncoder
-from training.diagnostics import grad_norms
+from training.diagnostics import frozen_parameter_names, grad_norms
 from training.optim import build_optimizer
 from training.ranges import ConfigError, at_least, at_least_finite, positive, unit_interval
 
@@ -82,11 +88,12 @@ class FBCConfig:
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     ema: bool = True
-    """Act with an exponential moving average of the trained weights."""
+    """Act with an exponential moving average of the trained weights and BatchNorm statistics."""
     ema_decay: float = 0.999
     """EMA decay (warmed up as min(decay, (1 + n) / (10 + n)) over updates n)."""
     cache_batch_size: int = 256
-    """Frames per batch when prepare() embeds the dataset with a frozen body."""
+    """Frames per batch when prepare() embeds the dataset with a frozen body, and when
+    valid_metrics() computes the held-out loss."""
 
     def __post_init__(self) -> None:
         for name in ("chunk_length", "hidden_dim", "num_layers", "emb_dim", "crop_size",
@@ -301,46 +308,139 @@ class FlowPolicy(nn.Module):
             x = x + dt * self.velocity(x, t, emb)
         return x.view(b, self.chunk_length, self.action_dim).clamp(-1.0, 1.0)
 
-    def flow_loss(self, emb: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of the velocity against x1 - x0 on the straight path."""
+    def flow_loss(
+        self,
+        emb: torch.Tensor,
+        actions: torch.Tensor,
+        x0: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean squared error of the velocity against x1 - x0 on the straight path; noise
+        x0 (B x D) and times t (B x 1) are drawn unless given."""
         x1 = actions.flatten(1)
-        x0 = torch.randn_like(x1)
-        t = torch.rand(x1.shape[0], 1, device=x1.device)
+        x0 = torch.randn_like(x1) if x0 is None else x0
+        t = torch.rand(x1.shape[0], 1, device=x1.device) if t is None else t
         xt = (1.0 - t) * x0 + t * x1
         return F.mse_loss(self.velocity(xt, t, emb), x1 - x0)
 
 
-class EMA(nn.Module):
-    """Moving averages of a module's trainable parameters, kept as buffers (checkpointed,
-    and not counted as model parameters by the parameter report)."""
+def warmed_up_ema(decay: float):
+    """An AveragedModel `multi_avg_fn`: EMA with the decay warmed up as min(decay, n / (n + 9)).
 
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        super().__init__()
-        self.decay = decay
-        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
-        params = dict(module.named_parameters())
-        for name in self.names:
-            self.register_buffer(self._key(name), params[name].detach().clone())
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.replace(".", "__")
+    `n` is AveragedModel's `n_averaged`, the models averaged so far. EMAPolicy counts its
+    initial copy as the first, so update k (k = 0, 1, ...) sees n = k + 1 and uses
+    min(decay, (1 + k) / (10 + k)): the schedule of the hand-written EMA this replaced.
+    torch's `get_ema_multi_avg_fn` has a fixed decay, hence this function. EMAPolicy hands
+    it `n` as a Python int (a tensor would be read on the host, a device sync). The step is
+    torch's lerp, which leaves a tensor equal to its live twin (a statistic that does not
+    move) bit-identical. Integer tensors (num_batches_tracked) are copied, not averaged.
+    """
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        """One EMA step towards the module's current parameters (warmed-up decay)."""
-        n = self.updates.float()
-        decay = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
-        params = dict(module.named_parameters())
-        averages = [getattr(self, self._key(name)) for name in self.names]
-        current = [params[name].detach() for name in self.names]
-        torch._foreach_lerp_(averages, current, 1.0 - decay)
-        self.updates += 1
+    def update(ema: list[torch.Tensor], live: list[torch.Tensor], n_averaged: int) -> None:
+        if not ema:
+            return
+        if not torch.is_floating_point(ema[0]):
+            torch._foreach_copy_(ema, live)
+            return
+        n = float(n_averaged)
+        torch._foreach_lerp_(ema, live, 1.0 - min(decay, n / (n + 9.0)))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Parameter name -> averaged tensor, for torch.func.functional_call."""
-        return {name: getattr(self, self._key(name)) for name in self.names}
+    return update
+
+
+class EMAPolicy(AveragedModel):
+    """The policy that acts: torch's AveragedModel with use_buffers=True, so BatchNorm's
+    running statistics are averaged along with the weights.
+
+    Why buffers too: the running statistics of a trained BatchNorm layer follow the live
+    weights, and an averaged network that reads them normalises its activations with
+    statistics of other weights (Diffusion Policy's notes: EMA + BatchNorm destroys
+    performance). Averaging them as the weights are gives each averaged layer the matching
+    average of its statistics, with no extra pass over the data (AveragedModel's
+    alternative, update_bn, would need one at every evaluation). A frozen body's
+    statistics never move, so their average is bit-identical to them anyway.
+
+    Where it departs from AveragedModel's defaults, and why:
+    - the copy made at construction counts as the first average (n_averaged = 1), and
+      `update_parameters` keeps the count on the host too: AveragedModel's own reads the
+      device tensor (`bool(n_averaged == 0)`), a device sync at every training step;
+    - the copies of trainable parameters are held as buffers, so they are in the state
+      dict (checkpointed) but no optimizer, DDP reducer, parameter report or checkpoint
+      `frozen` list takes them for weights;
+    - frozen parameters are not copied: their average is themselves, so this model holds
+      the live tensors (one copy in memory and in checkpoints); they, and the frozen
+      parts' BatchNorm statistics, are skipped by the update.
+    It always runs in eval mode: a forward never updates its averaged statistics.
+    """
+
+    def __init__(self, policy: nn.Module, decay: float) -> None:
+        super().__init__(policy, multi_avg_fn=warmed_up_ema(decay), use_buffers=True)
+        super().update_parameters(policy)  # the copy, as AveragedModel makes it: n_averaged 1
+        frozen = set(frozen_parameter_names(policy))
+        live_modules = dict(policy.named_modules())
+        for name, module in self.module.named_modules():
+            live = live_modules[name]
+            for key, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                del module._parameters[key]
+                if live._parameters[key].requires_grad:
+                    module.register_buffer(key, param.detach())
+                else:
+                    module.register_parameter(key, live._parameters[key])
+        self.averaged = [n for n in policy.state_dict() if n not in frozen]
+        """State-dict names of what moves: the trainable parameters and the buffers."""
+        self._count = 1  # n_averaged on the host
+        self.register_load_state_dict_post_hook(EMAPolicy._read_count)
+        self.eval()
+
+    @staticmethod
+    def _read_count(module: EMAPolicy, incompatible: Any) -> None:
+        module._count = int(module.n_averaged)  # a host read, at load time only
+
+    def train(self, mode: bool = True) -> EMAPolicy:
+        """Stays in eval mode whatever is asked (set once: the agent's train() at every
+        update does not walk this copy of the policy again)."""
+        if self.training:
+            super().train(False)
+        return self
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """One EMA step towards `model`: its trainable parameters and its buffers."""
+        mine = dict(self.module.named_buffers())
+        live = dict(model.named_parameters())
+        live.update(model.named_buffers())
+        for floating in (True, False):
+            names = [n for n in self.averaged if mine[n].is_floating_point() == floating]
+            self.multi_avg_fn(
+                [mine[n] for n in names], [live[n].detach() for n in names], self._count
+            )
+        self.n_averaged += 1
+        self._count += 1
+
+
+def upgrade_ema_state(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """An FBCAgent state dict of the hand-written EMA (keys `ema.<name with __>` for the
+    trainable parameters, `ema.updates`) in today's layout (`own`'s keys).
+
+    The old EMA acted with its averaged parameters and the live network's buffers, so the
+    upgraded model gets exactly those: what it acts with does not change.
+    """
+    if "ema.updates" not in state:
+        return dict(state)
+    out = {k: v for k, v in state.items() if not k.startswith("ema.")}
+    for key in own:
+        if not key.startswith("ema.module."):
+            continue
+        name = key[len("ema.module.") :]
+        old = f"ema.{name.replace('.', '__')}"
+        out[key] = state[old] if old in state else state[f"policy.{name}"]
+    out["ema.n_averaged"] = state["ema.updates"] + 1
+    return out
 
 
 class CachedFeatureData:
@@ -351,11 +451,13 @@ class CachedFeatureData:
         self.features = features
         self.spec = data.spec
         self.num_samples = data.num_samples
+        self.device = data.device
 
     def describe(self) -> str:
         """The wrapped data's description plus the cache's size."""
         mb = sum(f.numel() * f.element_size() for f in self.features.values()) / 2**20
-        return f"{self.data.describe()}; frozen features cached ({mb:.0f} MiB)"
+        first, newline, rest = self.data.describe().partition("\n")
+        return f"{first}; frozen features cached ({mb:.0f} MiB){newline}{rest}"
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform sample indices, as the wrapped data draws them."""
@@ -394,7 +496,7 @@ class FBCAgent(nn.Module):
         self.cfg = cfg
         self.device = torch.device(device)
         self.policy = FlowPolicy(cfg, spec)
-        self.ema = EMA(self.policy, cfg.ema_decay) if cfg.ema else None
+        self.ema = EMAPolicy(self.policy, cfg.ema_decay) if cfg.ema else None
         self.to(self.device)
         self.optimizer = build_optimizer(
             self,
@@ -437,20 +539,63 @@ class FBCAgent(nn.Module):
         info.update(grad_norms(self.optimizer))
         self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.policy)
+            self.ema.update_parameters(self.policy)
         return info
 
     @torch.no_grad()
     def sample_chunks(self, obs: dict[str, torch.Tensor], use_ema: bool = True) -> torch.Tensor:
-        """Full predicted chunks B x chunk x A, in eval mode."""
+        """Full predicted chunks B x chunk x A, in eval mode (from the EMA model if use_ema)."""
         was_training = self.training
         self.eval()
         try:
-            if use_ema and self.ema is not None:
-                return torch.func.functional_call(self.policy, self.ema.tensors(), (obs,))
-            return self.policy(obs)
+            return self._acting(use_ema)(obs)
         finally:
             self.train(was_training)
+
+    def _acting(self, use_ema: bool = True) -> nn.Module:
+        """The EMA model (weights and BatchNorm statistics averaged), or the live policy."""
+        return self.ema if use_ema and self.ema is not None else self.policy
+
+    @torch.no_grad()
+    def valid_metrics(self, data: ImageFrames | CachedFeatureData, seed: int = 0) -> dict:
+        """Flow-matching loss over every sample of held-out data, in eval mode.
+
+        The noise and times come from a generator seeded with `seed`, in sample order, so
+        the same weights give the same number at every call. `valid/flow_loss` is the
+        acting model's (the EMA when it is on); with EMA, `valid/flow_loss_live` is the
+        live policy's on the same noise.
+        """
+        models = {"valid/flow_loss": self._acting()}
+        if self.ema is not None:
+            models["valid/flow_loss_live"] = self.policy
+        was_training = self.training
+        self.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        totals = {key: torch.zeros((), device=self.device) for key in models}
+        try:
+            for start in range(0, data.num_samples, self.cfg.cache_batch_size):
+                stop = min(start + self.cfg.cache_batch_size, data.num_samples)
+                batch = data.batch(torch.arange(start, stop, device=data.device))
+                actions = batch["actions"].to(self.device)
+                size = (stop - start, actions[0].numel())
+                x0 = torch.randn(size, generator=generator, device=self.device)
+                t = torch.rand((size[0], 1), generator=generator, device=self.device)
+                for key, model in models.items():
+                    policy = model.module if isinstance(model, EMAPolicy) else model
+                    emb = policy.encoder(batch, cached=self._cached(batch))
+                    loss = policy.flow_loss(emb, actions, x0, t)
+                    totals[key] += loss.float() * size[0]
+        finally:
+            self.train(was_training)
+        return {key: float(total) / data.num_samples for key, total in totals.items()}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):
+        """nn.Module's, also taking the state of the hand-written EMA this file used to have
+        (upgrade_ema_state)."""
+        state = upgrade_ema_state(state_dict, self.state_dict(keep_vars=True))
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The next action_horizon actions for each observation: B x action_horizon x A."""

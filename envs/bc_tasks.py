@@ -84,12 +84,14 @@ _DARKROOM_DEFAULTS = {
 }
 _DARKROOM_DATA = "envs.darkroom.dataset:make_data"
 _DARKROOM_EVALUATOR = "envs.darkroom.evaluation:make_evaluator"
-# The data windows are sized by the agent's context (and compressed prefix).
-_DARKROOM_AGENT_FIELDS = ("context_episodes", "compressed_episodes")
+# The data windows are sized by the agent's context (and compressed prefix: chunks x depth).
+_DARKROOM_AGENT_FIELDS = ("context_episodes", "compressed_episodes", "compression_depth")
+# goals: the held-out split evaluated in context (train_bc.py --eval_goals=valid|test).
 for _env, _episodes in (("darkroom", 100), ("darkroom-hard", 100), ("dark-key-to-door", 60)):
     register_bc_task(BCTask(_env, _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                             {**_DARKROOM_DEFAULTS, "eval_episodes": _episodes},
-                            data_options={"env": _env}, evaluator_options={"env": _env},
+                            data_options={"env": _env},
+                            evaluator_options={"env": _env, "goals": "test"},
                             agent_fields=_DARKROOM_AGENT_FIELDS))
 
 # ---- Lift: flow-matching BC on robomimic camera demos (envs/lift/)

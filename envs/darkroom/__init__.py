@@ -18,8 +18,9 @@ from envs._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "grids": (
         "NUM_ACTIONS", "ACTION_NAMES", "MOVES", "NOOP", "GridSpec", "DARKROOM", "DARKROOM_HARD",
-        "DARK_KEY_TO_DOOR", "GRIDS", "TEST_TASKS", "get_grid", "grid_cells", "all_tasks",
-        "task_split", "oracle_action", "optimal_returns", "random_returns",
+        "DARK_KEY_TO_DOOR", "GRIDS", "TEST_TASKS", "VALID_TASKS", "SPLITS", "get_grid",
+        "grid_cells", "all_tasks", "task_split", "held_out_mask", "oracle_action",
+        "optimal_returns", "random_returns",
     ),
     "env": (
         "DarkroomBatch", "DarkroomEnv", "DarkroomHardEnv", "DarkKeyToDoorEnv",

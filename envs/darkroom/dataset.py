@@ -2,10 +2,12 @@
 
 Episode-aligned windows of the source learners' histories. A window is the
 `context_episodes + 1` episodes an AD transformer sees, preceded by up to
-`compressed_episodes` older ones for compressed-context AD (zero-padded where the
-history has not started yet; "prefix_episodes" says how many are real). Without
---dataset, the variant's default histories are generated once into the cache folder.
-The evaluation of these tasks is in envs/darkroom/evaluation.py.
+`compressed_episodes x compression_depth` older ones for compressed-context AD
+(zero-padded where the history has not started yet; "prefix_episodes" says how many are
+real). Without --dataset, the variant's default histories are generated once into the
+cache folder. Histories on validation tasks are dropped (they are for model selection
+only) and histories on test tasks refused. The evaluation of these tasks is in
+envs/darkroom/evaluation.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from envs.darkroom.grids import NUM_ACTIONS, get_grid, task_split
+from envs.darkroom.grids import NUM_ACTIONS, get_grid, held_out_mask
 from envs.darkroom.histories import (
     Histories,
     default_config,
@@ -52,11 +54,13 @@ class DarkroomHistoryData:
     """Learning histories on the device, sampled as episode-aligned windows."""
 
     def __init__(self, hist: Histories, *, context_episodes: int, prefix_episodes: int,
-                 device: torch.device, source: str) -> None:
+                 device: torch.device, source: str, dropped_valid: int = 0) -> None:
         grid = hist.grid
         self.grid = grid
         self.source = source
+        self.dropped_valid = dropped_valid
         self.meta = hist.meta
+        self.tasks = torch.from_numpy(hist.tasks.astype("int64"))
         self.device = device
         self.horizon = grid.horizon
         self.episodes = hist.meta["episodes"]
@@ -95,7 +99,8 @@ class DarkroomHistoryData:
         return (
             f"{self.grid.name} learning histories from {self.source}: {self.num_histories} "
             f"histories x {self.episodes} episodes x {self.horizon} steps "
-            f"({self.meta['source']}); source return {s['first_episode_return']:.2f} in the "
+            f"({self.meta['source']}; {self.dropped_valid} histories on validation tasks "
+            f"left out); source return {s['first_episode_return']:.2f} in the "
             f"first episode -> {list(s.values())[1]:.2f} at the end (optimal "
             f"{s['optimal_return']:.2f}, random {s['random_return']:.2f}); windows of "
             f"{self.window_episodes} episodes ({self.prefix_episodes} compressible + "
@@ -147,21 +152,40 @@ def _histories_for(env: str, dataset: str | None, cache_dir: Path,
     return load_histories(path), str(path)
 
 
+def without_validation_tasks(hist: Histories) -> tuple[Histories, int]:
+    """The histories less those on validation tasks, and how many were left out."""
+    keep = ~held_out_mask(hist.grid, torch.from_numpy(hist.tasks.astype("int64")),
+                          "valid").numpy()
+    if keep.all():
+        return hist, 0
+    kept = dataclasses.replace(
+        hist, obs=hist.obs[keep], actions=hist.actions[keep], rewards=hist.rewards[keep],
+        tasks=hist.tasks[keep], episode_returns=hist.episode_returns[keep],
+    )
+    return kept, int((~keep).sum())
+
+
 def make_data(dataset: str | None, *, device: torch.device, seed: int, cache_dir: Path,
-              context_episodes: int, compressed_episodes: int,
+              context_episodes: int, compressed_episodes: int, compression_depth: int = 1,
               env: str = "darkroom") -> DarkroomHistoryData:
-    """Histories for `env` as windows of the agent's context: `compressed_episodes` older
-    episodes, `context_episodes` complete ones and the current one (see the module
-    docstring). `seed` (the training seed) does not change the data."""
+    """Histories for `env` as windows of the agent's context: `compressed_episodes x
+    compression_depth` older episodes, `context_episodes` complete ones and the current
+    one (see the module docstring). Histories on validation tasks are left out and ones
+    on test tasks refused. `seed` (the training seed) does not change the data."""
     hist, source = _histories_for(env, dataset, cache_dir, device)
-    test = {tuple(t) for t in task_split(get_grid(env), "test").tolist()}
-    leaked = sum(tuple(t) in test for t in hist.tasks.tolist())
+    leaked = int(held_out_mask(get_grid(env), torch.from_numpy(hist.tasks.astype("int64")),
+                               "test").sum())
     if leaked:
         raise ValueError(f"{source} has {leaked} histories on held-out test tasks")
+    hist, dropped = without_validation_tasks(hist)
+    if len(hist.obs) == 0:
+        raise ValueError(f"{source} holds only histories on validation tasks: nothing to "
+                         f"train on (make training histories with --split=fit)")
     return DarkroomHistoryData(
         hist,
         context_episodes=context_episodes,
-        prefix_episodes=compressed_episodes,
+        prefix_episodes=compressed_episodes * compression_depth,
         device=device,
         source=source,
+        dropped_valid=dropped,
     )

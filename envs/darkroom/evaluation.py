@@ -1,6 +1,9 @@
 """The evaluation of train_bc.py's Dark Room tasks: in-context rollouts on held-out tasks.
 
-Every held-out task x `eval_seeds` streams as one batch on the device. The agent starts
+The held-out tasks are the validation split (`goals="valid"`, `train_bc.py
+--eval_goals=valid`: for every budget, learning-rate or architecture choice) or the test
+split (`goals="test"`, the default: final numbers only); envs/darkroom/grids.py fixes
+both. Every held-out task x `eval_seeds` streams as one batch on the device. The agent starts
 with an empty context and plays `num_episodes` episodes in sequence on each task,
 keeping its context across them; the return of every in-context episode is recorded on
 the device and read back once at the end. Reported against the exact optimal return
@@ -23,6 +26,8 @@ from envs.darkroom.env import DarkroomBatch
 from envs.darkroom.grids import get_grid, optimal_returns, random_returns, task_split
 from training.contracts import EvalResult
 
+GOAL_SPLITS = ("test", "valid")
+
 
 @runtime_checkable
 class InContextPolicy(Protocol):
@@ -38,25 +43,29 @@ class InContextPolicy(Protocol):
 
 
 class InContextEvaluator:
-    """All test tasks x seeds in one batch, episodes in sequence, context kept throughout."""
+    """All held-out tasks x seeds in one batch, episodes in sequence, context kept throughout."""
 
     def __init__(self, spec: DarkroomSpec, *, device: torch.device, seed: int, eval_seeds: int,
-                 plot_dir: Path | None) -> None:
+                 plot_dir: Path | None, goals: str = "test") -> None:
+        if goals not in GOAL_SPLITS:
+            raise ValueError(f"--eval_goals={goals!r}: Dark Room evaluates on "
+                             f"{' or '.join(map(repr, GOAL_SPLITS))} goals")
         self.grid = get_grid(spec.env)
+        self.goals = goals
         self.device = device
         self.seed = seed
         self.eval_seeds = eval_seeds
         self.plot_dir = plot_dir
-        self.test_tasks = task_split(self.grid, "test")
-        self.optimal = float(optimal_returns(self.grid, self.test_tasks).mean())
-        self.random = float(random_returns(self.grid, self.test_tasks).mean())
+        self.tasks = task_split(self.grid, goals)
+        self.optimal = float(optimal_returns(self.grid, self.tasks).mean())
+        self.random = float(random_returns(self.grid, self.tasks).mean())
         self.calls = 0
 
     @torch.no_grad()
     def rollout(self, agent: InContextPolicy, num_episodes: int) -> torch.Tensor:
-        """Returns of every in-context episode: episodes x test tasks x seeds (on the host)."""
-        n_tasks = len(self.test_tasks)
-        tasks = self.test_tasks.repeat_interleave(self.eval_seeds, 0)
+        """Returns of every in-context episode: episodes x held-out tasks x seeds (host)."""
+        n_tasks = len(self.tasks)
+        tasks = self.tasks.repeat_interleave(self.eval_seeds, 0)
         n = len(tasks)
         env_gen = torch.Generator(self.device).manual_seed(self.seed)
         act_gen = torch.Generator(self.device).manual_seed(self.seed + 1)
@@ -112,12 +121,12 @@ class InContextEvaluator:
         plot_dir.mkdir(parents=True, exist_ok=True)
         episodes = np.arange(1, len(curve) + 1)
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(episodes, curve, label="agent (mean over test tasks)")
+        ax.plot(episodes, curve, label=f"agent (mean over {self.goals} tasks)")
         ax.axhline(self.optimal, color="k", ls="--", label=f"optimal {self.optimal:.2f}")
         ax.axhline(self.random, color="r", ls=":", label=f"random {self.random:.2f}")
         ax.set_xlabel("in-context episode")
         ax.set_ylabel("return")
-        ax.set_title(f"{self.grid.name}: {per_task.shape[1]} held-out tasks x "
+        ax.set_title(f"{self.grid.name}: {per_task.shape[1]} {self.goals} tasks x "
                      f"{self.eval_seeds} seeds")
         ax.legend()
         fig.tight_layout()
@@ -133,7 +142,8 @@ class InContextEvaluator:
         (out / "in_context_return.json").write_text(json.dumps({
             "return_per_episode": curve.tolist(),
             "return_per_episode_per_task": per_task.T.tolist(),
-            "test_tasks": self.test_tasks.tolist(),
+            "goals": self.goals,
+            "tasks": self.tasks.tolist(),
             "optimal_return": self.optimal,
             "random_return": self.random,
         }))
@@ -144,10 +154,12 @@ class InContextEvaluator:
 
 
 def make_evaluator(spec: DarkroomSpec, *, device: torch.device, seed: int, num_workers: int,
-                   video_dir: Path | None, env: str = "darkroom",
-                   eval_seeds: int = 16) -> InContextEvaluator:
-    """In-context evaluation on the held-out tasks (num_workers is unused: one batch)."""
+                   video_dir: Path | None, env: str = "darkroom", eval_seeds: int = 16,
+                   goals: str = "test") -> InContextEvaluator:
+    """In-context evaluation on the held-out `goals` ("test" or "valid"; num_workers is
+    unused: one batch)."""
     if spec.env != env:
         raise ValueError(f"data is {spec.env} but the task is {env}")
     return InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
-                              plot_dir=None if video_dir is None else Path(video_dir))
+                              plot_dir=None if video_dir is None else Path(video_dir),
+                              goals=goals)

@@ -18,11 +18,18 @@ the goal with no-op keeps earning on Dark Room. Episodes have a fixed horizon an
 terminate early, which keeps every copy of a batch in lockstep.
 
 A "task" is the goal cell (x, y), or (key_x, key_y, door_x, door_y) for Key-to-Door.
-The train/test split is fixed: the test tasks below are the last N of
-`numpy.random.default_rng(0).permutation` over the tasks enumerated in row-major order
-(x outer, y inner; for Key-to-Door key before door) and are written out as literals so
-that they never move; every other task is a training task. Dark Room: 73 train / 8
-test; Dark Room Hard: 257 / 32; Key-to-Door: 6497 / 64.
+The splits are fixed and written out as literals so that they never move:
+
+- "test": the last N of `numpy.random.default_rng(0).permutation` over the tasks
+  enumerated in row-major order (x outer, y inner; for Key-to-Door key before door).
+  Final numbers only.
+- "train": every other task. Dark Room: 73 train / 8 test; Dark Room Hard: 257 / 32;
+  Key-to-Door: 6497 / 64.
+- "valid": as many tasks as "test", held out of "train" for model selection (every
+  budget, learning-rate or architecture choice): the last N of
+  `numpy.random.default_rng(1).permutation` over the "train" tasks in their row-major
+  order. Dark Room: 8 of the 73.
+- "fit": "train" less "valid", the tasks the transformers are trained on. Dark Room: 65.
 
 This module holds that geometry: the variants (`GridSpec`), the task splits, the
 shortest-path `oracle_action` and the exact optimal and uniformly-random returns. The
@@ -108,6 +115,32 @@ TEST_TASKS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 
+# Validation tasks, held out of the training tasks (see the module docstring).
+VALID_TASKS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "darkroom": ((0, 2), (3, 7), (4, 2), (4, 8), (5, 0), (5, 4), (6, 1), (7, 2)),
+    "darkroom-hard": (
+        (0, 2), (0, 11), (0, 13), (2, 5), (2, 11), (2, 16), (3, 3), (3, 4), (3, 9), (3, 15),
+        (4, 12), (4, 15), (5, 3), (6, 11), (6, 16), (10, 4), (10, 11), (10, 16), (11, 6),
+        (11, 7), (11, 12), (12, 9), (13, 7), (13, 10), (13, 15), (15, 9), (16, 2), (16, 3),
+        (16, 4), (16, 5), (16, 11), (16, 15),
+    ),
+    "dark-key-to-door": (
+        (0, 0, 6, 8), (0, 3, 2, 7), (0, 6, 4, 4), (0, 7, 1, 1), (0, 7, 5, 2), (0, 8, 2, 4),
+        (0, 8, 7, 5), (1, 3, 2, 7), (1, 5, 3, 4), (1, 6, 7, 1), (1, 6, 8, 1), (1, 7, 8, 7),
+        (2, 0, 2, 1), (2, 0, 6, 7), (2, 1, 6, 6), (2, 2, 0, 7), (2, 2, 0, 8), (2, 6, 6, 0),
+        (2, 8, 0, 5), (2, 8, 7, 3), (3, 1, 0, 5), (3, 2, 6, 7), (3, 3, 7, 1), (3, 6, 3, 3),
+        (4, 2, 3, 2), (4, 2, 8, 1), (4, 3, 0, 4), (4, 4, 4, 8), (4, 5, 8, 5), (4, 8, 1, 3),
+        (5, 1, 2, 5), (5, 3, 6, 3), (5, 4, 7, 5), (5, 5, 4, 1), (5, 6, 0, 5), (5, 6, 1, 6),
+        (5, 6, 8, 3), (5, 8, 1, 8), (5, 8, 6, 3), (6, 0, 8, 0), (6, 3, 4, 1), (6, 3, 6, 6),
+        (6, 3, 7, 5), (6, 4, 0, 7), (6, 5, 4, 7), (7, 1, 8, 8), (7, 4, 0, 1), (7, 4, 1, 3),
+        (7, 5, 1, 5), (7, 5, 2, 3), (8, 0, 2, 6), (8, 0, 4, 8), (8, 1, 2, 2), (8, 2, 2, 4),
+        (8, 3, 1, 0), (8, 3, 2, 0), (8, 4, 0, 6), (8, 4, 1, 2), (8, 7, 1, 2), (8, 8, 3, 1),
+        (8, 8, 4, 8), (8, 8, 5, 7), (8, 8, 6, 1), (8, 8, 7, 7),
+    ),
+}
+SPLITS = ("train", "valid", "fit", "test", "all")
+
+
 def get_grid(name: str) -> GridSpec:
     """Look a variant up by name, failing with the list of known ones."""
     if name not in GRIDS:
@@ -129,18 +162,37 @@ def all_tasks(grid: GridSpec) -> torch.Tensor:
     return torch.cat([cells[pairs[:, 0]], cells[pairs[:, 1]]], dim=1)
 
 
+def _is_in(tasks: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Which rows of tasks (N x D) are among members (M x D): N bools."""
+    return (tasks[:, None, :] == members[None, :, :]).all(-1).any(-1)
+
+
 def task_split(grid: GridSpec, split: str) -> torch.Tensor:
-    """The fixed "train", "test" or "all" tasks of a variant, as a long tensor N x D."""
+    """The fixed "train", "valid", "fit", "test" or "all" tasks of a variant (module
+    docstring), as a long tensor N x D; "train" and "fit" in row-major order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use {', '.join(map(repr, SPLITS))}")
     tasks = all_tasks(grid)
     if split == "all":
         return tasks
     test = torch.tensor(TEST_TASKS[grid.name], dtype=torch.long)
-    is_test = (tasks[:, None, :] == test[None, :, :]).all(-1).any(-1)
+    valid = torch.tensor(VALID_TASKS[grid.name], dtype=torch.long)
     if split == "test":
         return test
+    if split == "valid":
+        return valid
+    train = tasks[~_is_in(tasks, test)]
     if split == "train":
-        return tasks[~is_test]
-    raise ValueError(f"unknown split {split!r}; use 'train', 'test' or 'all'")
+        return train
+    return train[~_is_in(train, valid)]  # "fit"
+
+
+def held_out_mask(grid: GridSpec, tasks: torch.Tensor, split: str) -> torch.Tensor:
+    """Which of `tasks` (N x D) belong to the held-out split "valid" or "test": N bools."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"held-out splits are 'valid' and 'test', not {split!r}")
+    return _is_in(torch.as_tensor(tasks, dtype=torch.long).reshape(-1, grid.task_dim),
+                  task_split(grid, split))
 
 
 

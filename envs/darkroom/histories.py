@@ -74,9 +74,10 @@ class HistoriesConfig:
     """Where to write the dataset (.npz)."""
     plot: str | None = None
     """Where to write the return-curve PNG (default: next to --out, .png)."""
-    split: str = "train"
-    """Tasks to learn: "train" for AD data; "test" only to measure the source algorithm on
-    the held-out tasks (the Dark Room tasks refuse such files as training data)."""
+    split: str = "fit"
+    """Tasks to learn: "fit" (the training tasks less the validation ones) for AD data;
+    "valid" or "test" only to measure the source algorithm on held-out tasks (training
+    drops validation histories and refuses test ones; "train" = fit + valid)."""
     histories_per_task: int = 28
     """Independent learners (histories) per task."""
     max_tasks: int = 0
@@ -221,6 +222,7 @@ def generate_histories(cfg: HistoriesConfig, device: torch.device) -> Histories:
         "source": "batched tabular Q-learning (envs/darkroom/histories.py)",
         "config": dataclasses.asdict(cfg),
         "test_tasks": task_split(grid, "test").tolist(),
+        "valid_tasks": task_split(grid, "valid").tolist(),
         "summary": {
             "first_episode_return": float(returns_np[:, 0].mean()),
             f"last_{tail}_episodes_return": float(returns_np[:, -tail:].mean()),

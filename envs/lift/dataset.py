@@ -196,9 +196,14 @@ class LiftData:
 
         env_args = check_dataset(path, image_keys, lowdim_keys, image_size)
         if filter_key is not None:
+            masks = filter_keys(path)
+            if filter_key not in masks:
+                known = ", ".join(sorted(masks)) or "none"
+                raise ValueError(
+                    f"dataset {path} has no filter key mask/{filter_key} (its filter keys: "
+                    f"{known})"
+                )
             with h5py.File(path, "r") as f:
-                if f"mask/{filter_key}" not in f:
-                    raise ValueError(f"dataset {path} has no filter key mask/{filter_key}")
                 if len(f[f"mask/{filter_key}"]) == 0:
                     raise ValueError(
                         f"dataset {path} holds 0 samples under filter key mask/{filter_key} "
@@ -242,7 +247,13 @@ class LiftData:
         self.path = path
         self.device = device
         self.image_keys, self.lowdim_keys = image_keys, lowdim_keys
+        self.filter_key = filter_key
+        self.demos = list(dataset.demos)
         self.num_demos = len(dataset.demos)
+        self.valid: LiftData | None = None
+        """Held-out demos (make_data's valid_key), read and processed the same way."""
+        self.valid_note = ""
+        """Why there is no valid set, when there is none."""
         self.frames = {
             k: torch.from_numpy(
                 np.concatenate(v).astype(np.uint8 if k in image_keys else np.float32)
@@ -269,13 +280,20 @@ class LiftData:
         )
 
     def describe(self) -> str:
-        """One line about the data."""
+        """One line about the data, and one about its valid set (or why it has none)."""
         cams = ", ".join(self.image_keys)
-        return (
-            f"lift data {self.path}: {self.num_demos} demos, {self.num_samples} samples, "
+        line = (
+            f"lift data {self.path}: {self._demos()}, {self.num_samples} samples, "
             f"cameras [{cams}], low-dim {list(self.lowdim_keys)}, action chunks "
             f"{tuple(self.actions.shape[1:])}, on {self.device}"
         )
+        if self.valid is not None:
+            return f"{line}\nvalid set: {self.valid._demos()}, {self.valid.num_samples} samples"
+        return f"{line}\n{self.valid_note}" if self.valid_note else line
+
+    def _demos(self) -> str:
+        where = f"mask/{self.filter_key}" if self.filter_key is not None else "no filter key"
+        return f"{self.num_demos} demos ({where})"
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform sample indices (drawn with the generator, on its device), on the data's."""
@@ -295,6 +313,43 @@ class LiftData:
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A training batch on the device."""
         return self.batch(self.sample_indices(batch_size, generator))
+
+
+def filter_keys(path: Path) -> dict[str, list[str]]:
+    """The file's filter keys (mask/<key>) and the demos each lists."""
+    with h5py.File(path, "r") as f:
+        masks = f.get("mask", {})
+        return {k: sorted(d.decode() for d in masks[k][()]) for k in masks}
+
+
+def split_keys(
+    path: Path, filter_key: str | None, valid_key: str | None
+) -> tuple[str | None, str | None, str]:
+    """(training filter key, valid filter key or None, why there is no valid set).
+
+    filter_key "auto" is mask/train when the file has it, else every demo. The valid demos
+    must be held out: a valid_key the file lacks, that lists no demos, or whose demos are
+    also trained on gives no valid set and a one-line note.
+    """
+    masks = filter_keys(path)
+    if filter_key == "auto":
+        filter_key = "train" if "train" in masks else None
+    if valid_key is None:
+        return filter_key, None, ""
+    skip = f"no validation loss: {path}"
+    if valid_key not in masks:
+        return filter_key, None, f"{skip} has no mask/{valid_key}"
+    if not masks[valid_key]:
+        return filter_key, None, f"{skip}: mask/{valid_key} lists no demos"
+    trained = masks.get(filter_key, []) if filter_key is not None else None
+    shared = set(masks[valid_key]) if trained is None else set(masks[valid_key]) & set(trained)
+    if shared:
+        on = f"mask/{filter_key}" if filter_key is not None else "every demo"
+        return filter_key, None, (
+            f"{skip}: {len(shared)} of the demos in mask/{valid_key} are trained on "
+            f"(training uses {on})"
+        )
+    return filter_key, valid_key, ""
 
 
 def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: int) -> Path:
@@ -319,7 +374,8 @@ def make_data(
     num_demos: int = 100,
     operators: int = 3,
     data_seed: int = 0,
-    filter_key: str | None = None,
+    filter_key: str | None = "auto",
+    valid_key: str | None = "valid",
     horizon: int = HORIZON_PH,
     image_keys: tuple[str, ...] = IMAGE_KEYS,
     lowdim_keys: tuple[str, ...] = LOWDIM_KEYS,
@@ -327,6 +383,11 @@ def make_data(
 ) -> LiftData:
     """Lift demos as training samples of `chunk_length` actions; dataset None = generated
     scripted demos. `seed` (the training seed) does not change the data.
+
+    Training reads the demos of mask/<filter_key>: "auto" = mask/train when the file has
+    it (robomimic's split; our generated files have it too), else every demo; None = every
+    demo; any other key must exist. The demos of mask/<valid_key> become `data.valid`,
+    processed the same way, when they are held out (split_keys; else a note in describe()).
 
     The real robomimic files cannot be downloaded here: lift-ph/mh-image need --dataset.
     """
@@ -342,7 +403,7 @@ def make_data(
         path = default_dataset(Path(cache_dir), num_demos, operators, data_seed)
     else:
         path = Path(dataset).expanduser()
-    try:
+    def load(key: str | None) -> LiftData:
         return LiftData(
             path,
             chunk_length=int(chunk_length),
@@ -350,9 +411,16 @@ def make_data(
             lowdim_keys=tuple(lowdim_keys),
             image_size=image_size,
             device=device,
-            filter_key=filter_key,
+            filter_key=key,
             horizon=horizon,
         )
+
+    try:
+        check_dataset(path, tuple(image_keys), tuple(lowdim_keys), image_size)  # its errors first
+        train_key, valid_key, note = split_keys(path, filter_key, valid_key)
+        data = load(train_key)
+        data.valid, data.valid_note = (load(valid_key) if valid_key else None), note
+        return data
     except (OSError, KeyError) as err:
         # h5py reports a damaged file (bad chunk, broken object header) as OSError or as
         # KeyError("Unable to ..."); anything else is not the file's fault.

@@ -6,9 +6,18 @@ error, rotation 0) and writes robomimic-format demos with camera images. Several
 "operators" differ in speed, action noise and hesitation, so that the data varies the
 way robomimic's multi-human (mh) files do rather than being one perfect policy (ph).
 
+Each demo starts from its own env seed (drawn from `--seed`'s rng, outside the
+evaluation seeds), which decides its cube size and placement, and stores the model it
+ran in as `model_file`, as robomimic's demos do; replaying a demo's `states` loads that
+model first.
+
 `render` adds camera observations to an existing low-dim robomimic file from its
 `states`, which is what robomimic's `dataset_states_to_obs` does; real v1.5 robomimic
 files ship low-dim only, so this is how their image versions are made here.
+
+Both write the render settings they used into `data.attrs["env_args"]["render_settings"]`
+(reflections and multisampling off by default, for speed; `--robomimic_render` renders as
+robosuite and robomimic do), and environments made from that env_args render the same way.
 
     python -m envs.lift.demos generate --num_demos 100 --seed 0 --operators 3 \\
         --output data/lift_scripted.hdf5
@@ -27,7 +36,14 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from envs.lift.env import CAMERAS, IMAGE_SIZE, LiftEnv, default_env_args
+from envs.lift.env import (
+    CAMERAS,
+    IMAGE_SIZE,
+    LiftEnv,
+    RenderSettings,
+    default_env_args,
+    demo_seed,
+)
 
 
 @dataclass(frozen=True)
@@ -143,15 +159,19 @@ class RobomimicWriter:
         obs: dict[str, np.ndarray],
         next_obs: dict[str, np.ndarray],
         model_xml: str | None = None,
+        seed: int | None = None,
         group: str | None = None,
     ) -> str:
-        """Append one demo; obs values are (T, ...) arrays, images uint8 (T, H, W, 3)."""
+        """Append one demo; obs values are (T, ...) arrays, images uint8 (T, H, W, 3);
+        model_xml is the model it ran in, seed the env seed it started from."""
         name = f"demo_{self.num_demos}"
         g = self.data.create_group(name)
         n = len(actions)
         g.attrs["num_samples"] = n
         if model_xml is not None:
             g.attrs["model_file"] = model_xml
+        if seed is not None:
+            g.attrs["env_seed"] = seed
         g.create_dataset("states", data=np.asarray(states, dtype=np.float64))
         g.create_dataset("actions", data=np.asarray(actions, dtype=np.float64))
         g.create_dataset("rewards", data=np.asarray(rewards, dtype=np.float64))
@@ -199,7 +219,11 @@ def _stack(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int) -> dict | None:
-    """One scripted episode until success; None when it fails within max_steps."""
+    """One scripted episode until success; None when it fails within max_steps.
+
+    The seed decides the episode's model (cube size) and initial state; the demo keeps
+    both (`model_xml`, `states`), so it can be replayed in its own model.
+    """
     obs = env.reset(seed=seed)
     model_xml = env.model_xml()
     states, actions, rewards, observations = [], [], [], [obs]
@@ -221,6 +245,7 @@ def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int
                 "obs": _stack(observations[:-1]),
                 "next_obs": _stack(observations[1:]),
                 "model_xml": model_xml,
+                "seed": seed,
             }
     return None
 
@@ -234,13 +259,19 @@ def generate(
     cameras: tuple[str, ...] = CAMERAS,
     image_size: int = IMAGE_SIZE,
     progress: bool = True,
+    render_settings: RenderSettings | None = None,
 ) -> dict[str, float]:
-    """Write num_demos successful scripted demos; returns counts and the success rate."""
+    """Write num_demos successful scripted demos; returns counts and the success rate.
+
+    The file depends on `seed` alone: every demo's env seed, and so its cube size and
+    placement, is drawn from it, whatever state np.random was left in.
+    """
     if num_demos < 1:
         raise ValueError(f"--num_demos must be >= 1, got {num_demos}")
     ops = make_operators(operators)
-    env_args = default_env_args(cameras, image_size)
+    env_args = default_env_args(cameras, image_size, render_settings)
     env = LiftEnv(env_args, use_images=bool(cameras))
+    env_args["render_settings"] = env.render_record()
     rng = np.random.default_rng(seed)
     output = Path(output)
     # Written under another name and renamed at the end: an interrupted run leaves no
@@ -261,7 +292,7 @@ def generate(
                     f"scripted controller failed {attempts - writer.num_demos} of {attempts} "
                     "attempts; the environment does not behave as expected"
                 )
-            demo = run_demo(env, policy, int(rng.integers(2**31 - 1)), max_steps)
+            demo = run_demo(env, policy, demo_seed(rng), max_steps)
             if demo is None:
                 continue
             writer.add_demo(**demo, group=f"operator_{op_index}")
@@ -292,8 +323,10 @@ def render(
     image_size: int = IMAGE_SIZE,
     overwrite: bool = False,
     progress: bool = True,
+    render_settings: RenderSettings | None = None,
 ) -> None:
-    """Copy a low-dim robomimic file and add `<camera>_image` obs rendered from its states."""
+    """Copy a low-dim robomimic file and add `<camera>_image` obs rendered from its states,
+    each demo in its own model (`model_file`); render_settings None = ours (fast)."""
     input_path, output_path = Path(input_path), Path(output_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input {input_path} does not exist")
@@ -317,10 +350,12 @@ def render(
         use_camera_obs=True,
         has_offscreen_renderer=True,
     )
+    settings = render_settings or RenderSettings()
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(output_path.name + ".partial")
     shutil.copyfile(input_path, tmp)
-    env = LiftEnv(env_args)
+    env = LiftEnv(env_args, render=settings)
+    env_args["render_settings"] = env.render_record()
     try:
         with h5py.File(tmp, "a") as f:
             f["data"].attrs["env_args"] = json.dumps(env_args)
@@ -367,7 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     ren.add_argument("--cameras", nargs="+", default=list(CAMERAS))
     ren.add_argument("--image_size", type=int, default=IMAGE_SIZE)
     ren.add_argument("--overwrite", action="store_true")
+    for command in (gen, ren):
+        command.add_argument(
+            "--robomimic_render",
+            action="store_true",
+            help="render as robosuite and robomimic do: reflections and multisampling on "
+            "(slower on a CPU; for comparing with robomimic's own image files)",
+        )
     args = parser.parse_args(argv)
+    settings = RenderSettings.robomimic() if args.robomimic_render else RenderSettings()
     if args.command == "generate":
         stats = generate(
             args.output,
@@ -376,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
             operators=args.operators,
             max_steps=args.max_steps,
             cameras=() if args.no_images else CAMERAS,
+            render_settings=settings,
         )
         print(
             f"wrote {args.output}: {int(stats['demos'])} demos, scripted success "
@@ -383,7 +427,14 @@ def main(argv: list[str] | None = None) -> None:
             f"mean length {stats['mean_length']:.1f} steps"
         )
     else:
-        render(args.input, args.output, tuple(args.cameras), args.image_size, args.overwrite)
+        render(
+            args.input,
+            args.output,
+            tuple(args.cameras),
+            args.image_size,
+            args.overwrite,
+            render_settings=settings,
+        )
         print(f"wrote {args.output}")
 
 

@@ -12,7 +12,18 @@ Rendering: Mesa multisampling and the floor's reflection pass cost most of an of
 frame on a CPU; `offsamples = 0` must be set before the render context is made (the
 context allocates its multisample buffer then), so it is set inside `_initialize_sim`,
 which robosuite calls before creating the context, including on every hard reset.
-`python -m envs.lift.env benchmark` measures what the settings save.
+`python -m envs.lift.env benchmark` measures what the settings save. Which settings a
+file's frames were rendered with is stored in its env_args (`render_settings`, see
+RenderSettings), and an env built from those env_args renders the same way.
+
+Episodes: robosuite draws the cube's size from `np.random` when it builds the model and
+its placement when it resets; with `hard_reset=False` the size is drawn once, when the
+env is made, from whatever state `np.random` is in. `reset(seed=s)` therefore seeds
+`np.random` with s and does what robosuite's hard reset does (new model, new cube size,
+new placement), so an episode is a function of its seed alone, in any process. The
+render context survives that reset (a redrawn cube changes no texture or mesh): measured
+on CPU (2 cores, shared, two 84x84 cameras), 0.33-0.35 s per seeded reset against 1.8-2.0 s
+for robosuite's own hard reset, with bitwise the same observations.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -36,6 +48,58 @@ LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 # robomimic's rollout horizons for lift: proficient-human 400, multi-human 500.
 HORIZON_PH = 400
 HORIZON_MH = 500
+
+# Episode seeds: demos and evaluation draw from disjoint ranges. Evaluation episode i has
+# seed 100000 + i (Diffusion Policy's convention for robomimic test episodes), whatever
+# the training seed; demos take seeds from 1,000,000 up, so no demo starts where an
+# evaluation episode does.
+EVAL_SEED_START = 100_000
+DEMO_SEED_START = 1_000_000
+MAX_EVAL_EPISODES = DEMO_SEED_START - EVAL_SEED_START
+
+
+def evaluation_seeds(num_episodes: int) -> list[int]:
+    """The env seeds of evaluation episodes 0..num_episodes-1 (fixed, as in Diffusion Policy)."""
+    if not 0 <= num_episodes <= MAX_EVAL_EPISODES:
+        raise ValueError(f"evaluation takes 0 to {MAX_EVAL_EPISODES} episodes, got {num_episodes}")
+    return [EVAL_SEED_START + i for i in range(num_episodes)]
+
+
+def demo_seed(rng: np.random.Generator) -> int:
+    """A demo's env seed, drawn from the generator's rng, outside the evaluation seeds."""
+    return int(rng.integers(DEMO_SEED_START, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How frames are rendered: stored in a file's env_args, used by every env made from it.
+
+    robosuite's (and so robomimic's) renders have both on; ours are off by default,
+    because on a CPU they cost most of a frame (`python -m envs.lift.env benchmark`).
+    """
+
+    reflections: bool = False
+    """The floor's reflection pass (robosuite's materials keep their reflectance)."""
+    multisampling: bool = False
+    """Offscreen multisample anti-aliasing (MuJoCo's `vis.quality.offsamples`, 4 by default)."""
+
+    @classmethod
+    def robomimic(cls) -> RenderSettings:
+        """robosuite's own renderer settings, which robomimic's image files were made with."""
+        return cls(reflections=True, multisampling=True)
+
+    @classmethod
+    def from_env_args(cls, env_args: dict) -> RenderSettings:
+        """The settings a file's frames were rendered with; robomimic's when it does not say."""
+        stored = env_args.get("render_settings")
+        if stored is None:
+            return cls.robomimic()
+        return cls(bool(stored["reflections"]), bool(stored["multisampling"]))
+
+    def to_dict(self) -> dict:
+        """The env_args["render_settings"] entry (provenance keys are added by LiftEnv)."""
+        return asdict(self)
+
 
 _OSC_POSE = {
     "type": "OSC_POSE",
@@ -57,8 +121,13 @@ _OSC_POSE = {
 }
 
 
-def default_env_args(cameras: tuple[str, ...] = CAMERAS, image_size: int = IMAGE_SIZE) -> dict:
-    """The env_args robomimic's lift image datasets carry (robosuite 1.4, Panda, OSC_POSE)."""
+def default_env_args(
+    cameras: tuple[str, ...] = CAMERAS,
+    image_size: int = IMAGE_SIZE,
+    render: RenderSettings | None = None,
+) -> dict:
+    """The env_args robomimic's lift image datasets carry (robosuite 1.4, Panda, OSC_POSE),
+    plus our `render_settings` (robomimic reads only env_name, type and env_kwargs)."""
     return {
         "env_name": "Lift",
         "type": 1,  # robomimic's EnvType.ROBOSUITE_TYPE
@@ -78,6 +147,7 @@ def default_env_args(cameras: tuple[str, ...] = CAMERAS, image_size: int = IMAGE
             "reward_shaping": False,
             "camera_names": list(cameras),
         },
+        "render_settings": (render or RenderSettings()).to_dict(),
     }
 
 
@@ -122,35 +192,84 @@ def _load_triton_first() -> None:
     has_triton_package()  # cached after the first call
 
 
-_FAST_CLASSES: dict[tuple[str, bool, bool], type] = {}
+_ENV_CLASSES: dict[tuple[str, RenderSettings], type] = {}
+# What a render context (MjrContext) holds of its model: uploaded textures, meshes, height
+# fields, skins and its offscreen buffers. A model equal in these can use it as it is.
+_RENDER_ASSET_SIZES = (
+    "ntex",
+    "ntexdata",
+    "nmesh",
+    "nmeshvert",
+    "nmeshface",
+    "nhfield",
+    "nhfielddata",
+    "nskin",
+)
 
 
-def _env_class(env_name: str, zero_offsamples: bool, no_reflections: bool) -> type:
-    """robosuite's class for env_name, subclassed to apply the render-speed settings."""
+def _same_render_assets(old, new) -> bool:
+    """Whether a render context made for model `old` draws model `new` as a fresh one would."""
+    if any(getattr(old, k) != getattr(new, k) for k in _RENDER_ASSET_SIZES):
+        return False
+    return (
+        old.vis.quality.offsamples == new.vis.quality.offsamples
+        and old.vis.quality.shadowsize == new.vis.quality.shadowsize
+        and np.array_equal(old.tex_data, new.tex_data)
+        and np.array_equal(old.mesh_vert, new.mesh_vert)
+        and np.array_equal(old.mesh_face, new.mesh_face)
+    )
+
+
+def _env_class(env_name: str, render: RenderSettings) -> type:
+    """robosuite's class for env_name, subclassed to render with `render`, to keep the
+    compiled xml (robomimic's `model_file`) and to reuse the render context across hard
+    resets."""
+    import mujoco
     from robosuite.environments.base import REGISTERED_ENVS
 
     if env_name not in REGISTERED_ENVS:
         raise ValueError(f"env_args names env {env_name!r}, which robosuite does not know")
     base = REGISTERED_ENVS[env_name]
-    if not (zero_offsamples or no_reflections):
-        return base
-    key = (env_name, zero_offsamples, no_reflections)
-    if key not in _FAST_CLASSES:
+    key = (env_name, render)
+    if key in _ENV_CLASSES:
+        return _ENV_CLASSES[key]
 
-        def _initialize_sim(self, xml_string=None):
-            base._initialize_sim(self, xml_string)
-            # The render context is created after this (in _reset_internal), so the
-            # multisample buffer it allocates is the single-sample one.
-            if zero_offsamples:
-                self.sim.model.vis.quality.offsamples = 0
-            if no_reflections:
-                self.sim.model.mat_reflectance[:] = 0.0
+    def _initialize_sim(self, xml_string=None):
+        # The xml as compiled, before the settings below touch the model: the model's own
+        # get_xml() (mj_saveLastXML) would write them into every demo's model_file.
+        self.compiled_xml = xml_string if xml_string else self.model.get_xml()
+        base._initialize_sim(self, self.compiled_xml)
+        # The render context is created after this (in _reset_internal), so the
+        # multisample buffer it allocates is the single-sample one.
+        if not render.multisampling:
+            self.sim.model.vis.quality.offsamples = 0
+        if not render.reflections:
+            self.sim.model.mat_reflectance[:] = 0.0
+        context = self.__dict__.pop("_spare_render_context", None)
+        if context is not None and _same_render_assets(context.model._model, self.sim.model._model):
+            # Rebind the old context to the new sim; only the scene is per model.
+            context.sim, context.model, context.data = self.sim, self.sim.model, self.sim.data
+            context.scn = mujoco.MjvScene(self.sim.model._model, maxgeom=1000)
+            context.gl_ctx.make_current()
+            self.sim.add_render_context(context)
+        # Otherwise the old context is dropped here and _reset_internal makes a new one.
 
-        # robosuite's env metaclass registers every subclass by name; the prefix keeps
-        # these from shadowing the original.
-        name = f"FastRender{int(zero_offsamples)}{int(no_reflections)}{env_name}"
-        _FAST_CLASSES[key] = type(name, (base,), {"_initialize_sim": _initialize_sim})
-    return _FAST_CLASSES[key]
+    def _destroy_sim(self):
+        # Keep the render context for the next sim: making one costs ~1 s on a CPU.
+        if self.sim is None or not getattr(self, "keep_render_context", True):
+            return base._destroy_sim(self)
+        self._spare_render_context = self.sim._render_context_offscreen
+        self.sim._render_context_offscreen = None
+        # Without its context the old sim is freed by reference counting (checked with a
+        # weakref); MjSim.free's gc.collect() would add ~0.3 s to every episode.
+        self.sim = None
+
+    # robosuite's env metaclass registers every subclass by name; the prefix keeps these
+    # from shadowing the original.
+    name = f"Rlenc{int(render.reflections)}{int(render.multisampling)}{env_name}"
+    methods = {"_initialize_sim": _initialize_sim, "_destroy_sim": _destroy_sim}
+    _ENV_CLASSES[key] = type(name, (base,), methods)
+    return _ENV_CLASSES[key]
 
 
 class LiftEnv:
@@ -161,10 +280,11 @@ class LiftEnv:
         env_args: dict | str,
         *,
         use_images: bool = True,
-        fast_render: bool = True,
         hard_reset: bool = False,
-        render_settings: tuple[bool, bool] | None = None,
+        render: RenderSettings | None = None,
     ) -> None:
+        """render: None = the env_args' `render_settings` (robomimic's when absent);
+        hard_reset: redraw the model on every reset, not only on seeded ones."""
         if isinstance(env_args, str):
             env_args = json.loads(env_args)
         if env_args.get("type", 1) != 1:
@@ -183,8 +303,8 @@ class LiftEnv:
             use_object_obs=True,
             use_camera_obs=bool(self.cameras),
             camera_depths=False,
-            # One sim and one render context for the env's life; robosuite's default
-            # rebuilds both on every reset. Cube size then stays fixed per env.
+            # False: only seeded resets rebuild the model (see reset); reset_to and
+            # unseeded resets keep the current one, as robomimic's replay expects.
             hard_reset=hard_reset,
         )
         if self.cameras:
@@ -193,8 +313,9 @@ class LiftEnv:
         select_gl_backend()
         _load_triton_first()
         self.env_name = env_args["env_name"]
-        settings = render_settings or (fast_render, fast_render)
-        env_class = _env_class(self.env_name, *settings)
+        self.render_settings = render or RenderSettings.from_env_args(env_args)
+        self._hard_reset = hard_reset
+        env_class = _env_class(self.env_name, self.render_settings)
         # Files written by other robosuite versions may carry kwargs this one lacks.
         accepted = inspect.signature(env_class.__init__).parameters
         dropped = sorted(k for k in kwargs if k not in accepted)
@@ -227,13 +348,24 @@ class LiftEnv:
         return obs
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Reset to a random initial state; robosuite 1.4 samples placements from np.random."""
-        if seed is not None:
-            np.random.seed(seed)
-        return self._observation(self.env.reset())
+        """Start an episode. With a seed: np.random seeded with it, then robosuite's hard
+        reset (new cube size, new placement), so the episode depends on the seed alone.
+        Without: a new placement from np.random's current state, the cube as it was."""
+        if seed is None:
+            return self._observation(self.env.reset())
+        # robosuite 1.4 draws everything (cube size, robot init noise, placement) from
+        # the global np.random; it has no rng of its own.
+        np.random.seed(seed)
+        self.env.hard_reset = True
+        try:
+            raw = self.env.reset()
+        finally:
+            self.env.hard_reset = self._hard_reset
+        return self._observation(raw)
 
     def reset_to(self, state: np.ndarray, model_xml: str | None = None) -> dict[str, np.ndarray]:
-        """Set a flattened sim state (robomimic's `states`), optionally loading its xml first."""
+        """Set a flattened sim state (robomimic's `states`), loading the demo's model
+        (its `model_file`, e.g. its cube size) first when given."""
         if model_xml is not None:
             self.env.reset()
             self.env.reset_from_xml_string(self.env.edit_model_xml(model_xml))
@@ -258,12 +390,36 @@ class LiftEnv:
         return np.asarray(self.env.sim.get_state().flatten())
 
     def model_xml(self) -> str:
-        """The sim's xml, robomimic's per-demo `model_file` attribute."""
-        return self.env.sim.model.get_xml()
+        """The xml the sim was compiled from, robomimic's per-demo `model_file` attribute."""
+        return self.env.compiled_xml
 
     def cube_pos(self) -> np.ndarray:
         """World position of the cube."""
         return np.array(self.env.sim.data.body_xpos[self.env.cube_body_id])
+
+    def cube_half_size(self) -> np.ndarray:
+        """The cube's half-extents in the current model (robosuite draws them in 0.020-0.022)."""
+        model = self.env.sim.model
+        return np.array(model.geom_size[model.geom_name2id("cube_g0")])
+
+    def render_record(self) -> dict:
+        """env_args["render_settings"] for frames rendered here: the settings, plus what
+        renderer made them (frames of another GL renderer differ slightly)."""
+        import mujoco
+
+        record = {
+            **self.render_settings.to_dict(),
+            "mujoco_gl": os.environ.get("MUJOCO_GL"),
+            "mujoco_version": mujoco.__version__,
+        }
+        try:
+            from OpenGL import GL
+
+            self.env.sim._render_context_offscreen.gl_ctx.make_current()
+            record["gl_renderer"] = GL.glGetString(GL.GL_RENDERER).decode()
+        except Exception:  # provenance only; a renderer that will not say is no error
+            pass
+        return record
 
     def render_frame(self, camera: str = "agentview", size: int = 256) -> np.ndarray:
         """An upright RGB frame for videos."""
@@ -272,6 +428,7 @@ class LiftEnv:
 
     def close(self) -> None:
         """Release the sim and the render context."""
+        self.env.keep_render_context = False  # robosuite's own close() (reset_from_xml) keeps it
         self.env.close()
 
 
@@ -282,13 +439,13 @@ def benchmark(frames: int = 200) -> dict[str, float]:
     """
     out = {}
     variants = {
-        "default": (False, False),
-        "offsamples0": (True, False),
-        "no_reflections": (False, True),
-        "both": (True, True),
+        "default": RenderSettings.robomimic(),
+        "offsamples0": RenderSettings(reflections=True, multisampling=False),
+        "no_reflections": RenderSettings(reflections=False, multisampling=True),
+        "both": RenderSettings(),
     }
     for name, settings in variants.items():
-        env = LiftEnv(default_env_args(), render_settings=settings)
+        env = LiftEnv(default_env_args(), render=settings)
         env.reset(seed=0)
         sim = env.env.sim
         for _ in range(5):  # warm-up

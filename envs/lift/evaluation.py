@@ -1,8 +1,16 @@
 """The evaluation of train_bc.py's Lift tasks: policy rollouts in robosuite.
 
-Evaluation runs real rollouts in robosuite, built from the dataset's `env_args`, in
-`num_workers` worker processes that step their episodes in parallel while the policy
-acts on all of them in one batch; one episode is rendered to an mp4.
+Evaluation runs real rollouts in robosuite, built from the dataset's `env_args` (its
+cameras, image size and render settings, so rollout frames are rendered as the training
+frames were), in `num_workers` worker processes that step their episodes in parallel;
+one episode is rendered to an mp4.
+
+Episode i always has env seed 100000 + i (`envs.lift.env.evaluation_seeds`), whatever the
+training seed, and its outcome does not depend on which worker runs it or on how many
+there are: the env redraws the cube (size and placement) from the seed at reset, and the
+policy computes each episode's chunk on its own, under an RNG seeded from the episode's
+seed and the chunk's index (batched float kernels round differently with the batch's
+size, and the global RNG's state would depend on the order episodes are served in).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 import torch
 
 from envs.lift.dataset import LiftSpec, process_obs
+from envs.lift.env import evaluation_seeds
 from training.contracts import EvalResult
 
 
@@ -60,6 +69,8 @@ class EpisodeRunner:
                 break
         done = self.success or self.length >= self.horizon
         info = {"success": self.success, "length": self.length}
+        if done:
+            info["cube_half_size"] = self.env.cube_half_size().tolist()
         if done and self.record:
             info["frames"] = self.frames
             self.frames = []
@@ -112,7 +123,11 @@ class _LocalRunner:
 
 
 class LiftEvaluator:
-    """Success rate and episode length of a policy over seeded rollouts."""
+    """Success rate and episode length of a policy over seeded rollouts.
+
+    After `run`, `last_episodes` holds one record per episode, in episode order: its seed,
+    success, length and cube half-size.
+    """
 
     def __init__(
         self,
@@ -125,7 +140,15 @@ class LiftEvaluator:
         horizon: int | None = None,
     ) -> None:
         self.device = device
+        # The training seed; evaluation episodes do not depend on it (fixed seeds).
         self.seed = seed
+        self.last_episodes: list[dict] = []
+        # The RNG state a chunk's sampling may touch, restored after each chunk.
+        self._rng_devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else []
+        )
         self.image_keys = tuple(spec.image_keys)
         self.lowdim_keys = tuple(spec.lowdim_keys)
         self.horizon = int(horizon or spec.horizon)
@@ -139,6 +162,12 @@ class LiftEvaluator:
             camera_heights=size,
             camera_widths=size,
         )
+        if "render_settings" not in env_args:
+            print(
+                "[envs.lift] the dataset's env_args has no render_settings: rollouts render "
+                "as robosuite does by default (reflections and multisampling on), as "
+                "robomimic's own image files were"
+            )
         self.env_args = env_args
         self.num_workers = num_workers
         self.conns: list = []
@@ -173,38 +202,58 @@ class LiftEvaluator:
         raw = {k: v if k in self.image_keys else v.float() for k, v in raw.items()}
         return process_obs(raw, keys)
 
+    def _act(self, agent: ChunkPolicy, obs: dict, keys: list[tuple[int, int]]) -> np.ndarray:
+        """Each episode's next chunk, computed alone under an RNG seeded from its key
+        (episode seed, chunk index); the caller's RNG state is left as it was."""
+        chunks = []
+        for row, key in enumerate(keys):
+            row_obs = {k: v[row : row + 1] for k, v in obs.items()}
+            with torch.random.fork_rng(devices=self._rng_devices):
+                torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+                chunks.append(agent.act(row_obs).detach().to("cpu", torch.float64))
+        return torch.cat(chunks).numpy()
+
     def run(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
         """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots."""
         self._start()
         t0 = time.perf_counter()
-        # Evaluation seeds are disjoint from anything the data generator uses.
-        seeds = [1_000_003 * (self.seed + 1) + i for i in range(num_episodes)]
+        seeds = evaluation_seeds(num_episodes)
         record_first = self.video_dir is not None
         pending = list(range(num_episodes))
-        active: dict[int, tuple[int, dict]] = {}  # worker -> (episode, obs)
+        active: dict[int, list] = {}  # worker -> [episode, obs, chunks so far]
         successes, lengths = np.zeros(num_episodes), np.zeros(num_episodes)
+        episodes: list[dict] = [{} for _ in range(num_episodes)]
         video = None
         for w, conn in enumerate(self.conns):
             if pending:
                 ep = pending.pop(0)
                 conn.send(("reset", seeds[ep], record_first and ep == 0))
-                active[w] = (ep, None)
+                active[w] = [ep, None, 0]
         for w in list(active):
-            active[w] = (active[w][0], self.conns[w].recv())
+            active[w][1] = self.conns[w].recv()
         steps = 0
         while active:
             workers = sorted(active)
             obs = self._obs_batch([active[w][1] for w in workers])
-            actions = agent.act(obs).detach().to("cpu", torch.float64).numpy()
+            keys = [(seeds[active[w][0]], active[w][2]) for w in workers]
+            actions = self._act(agent, obs, keys)
             for i, w in enumerate(workers):
                 self.conns[w].send(("step", actions[i]))
+                active[w][2] += 1
             for w in workers:
                 next_obs, done, info = self.conns[w].recv()
                 ep = active[w][0]
                 if not done:
-                    active[w] = (ep, next_obs)
+                    active[w][1] = next_obs
                     continue
                 successes[ep], lengths[ep] = info["success"], info["length"]
+                episodes[ep] = {
+                    "episode": ep,
+                    "seed": seeds[ep],
+                    "success": bool(info["success"]),
+                    "length": int(info["length"]),
+                    "cube_half_size": info["cube_half_size"],
+                }
                 steps += info["length"]
                 if "frames" in info:
                     video = self._write_video(info["frames"])
@@ -212,9 +261,10 @@ class LiftEvaluator:
                 if pending:
                     ep = pending.pop(0)
                     self.conns[w].send(("reset", seeds[ep], False))
-                    active[w] = (ep, self.conns[w].recv())
+                    active[w] = [ep, self.conns[w].recv(), 0]
         seconds = time.perf_counter() - t0
         self.runs += 1
+        self.last_episodes = episodes
         metrics = {
             "eval/success_rate": float(successes.mean()),
             "eval/episode_length": float(lengths.mean()),
