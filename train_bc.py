@@ -28,7 +28,7 @@ from tqdm import tqdm
 from agents import agent_name, get_agent
 from envs.bc_tasks import BCTask, get_bc_task
 from training.cli import parse_config, pop_flag, rename_flags, run_main
-from training.contracts import BCAgent, BCData, Evaluator
+from training.contracts import BCAgent, BCData, Evaluator, HeldOutData, HeldOutScorer
 from training.distributed import LossForward, barrier, data_parallel, mean_metrics
 from training.logger import WandbConfig
 from training.precision import autocast, to_channels_last, with_autocast
@@ -66,6 +66,10 @@ class TrainBCConfig(Generic[AgentConfigT]):
     eval_goals: Literal["valid", "test"] | None = None
     """Held-out goals of the in-context evaluation (Dark Room tasks): valid for every
     budget / learning-rate choice, test for final numbers only; None: the task's (test)."""
+    filter_key: str = "auto"
+    """robomimic filter key of the demos to train on (Lift tasks): auto = mask/train when
+    the file has one, else every demo; all = every demo; any other name = mask/<name>. The
+    demos of mask/valid, when held out, give valid/flow_loss at each evaluation."""
     cache_dir: str = "~/.cache/rlenc"
     """Where generated default datasets are kept."""
     run: Annotated[RunSettings, tyro.conf.OmitArgPrefixes] = RunSettings()
@@ -111,6 +115,17 @@ def agent_fields(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
     return {name: getattr(cfg.agent, name) for name in task.agent_fields}
 
 
+def data_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
+    """The task's data options, with --filter_key where the task reads filter keys."""
+    options = dict(task.data_options)
+    if "filter_key" in options:
+        options["filter_key"] = None if cfg.filter_key == "all" else cfg.filter_key
+    elif cfg.filter_key != "auto":
+        raise ValueError(f"--filter_key: --env_name={task.name} has no robomimic filter keys; "
+                         f"drop the flag")
+    return options
+
+
 def evaluator_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
     """The task's evaluator options, with --eval_goals where the task has goal splits."""
     options = dict(task.evaluator_options)
@@ -132,7 +147,7 @@ def load_data(cfg: TrainBCConfig, task: BCTask, run: Run) -> BCData:
         seed=cfg.run.seed,
         cache_dir=Path(cfg.cache_dir).expanduser(),
         **agent_fields(cfg, task),
-        **task.data_options,
+        **data_options(cfg, task),
     )
     if run.world.is_main:
         barrier(run.world)
@@ -157,7 +172,9 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     """Train, checkpoint and evaluate; returns the final evaluation metrics (rank 0's)."""
     task = get_bc_task(cfg.env_name)
     _, agent_class = get_agent(cfg.agent_name)
-    eval_options = evaluator_options(cfg, task)  # before the run: a bad flag writes nothing
+    # Before the run: a flag the task does not take writes nothing.
+    data_options(cfg, task)
+    eval_options = evaluator_options(cfg, task)
     name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
@@ -212,13 +229,13 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     return {} if stopped else metrics
 
 
-def held_out(agent, data, run: Run):
+def held_out(agent: BCAgent, data: BCData | HeldOutData, run: Run) -> BCData | None:
     """The task's held-out data, prepared as the agent reads it (rank 0; None when the data
-    has no valid set or the agent computes no held-out loss)."""
-    valid = getattr(data, "valid", None)
-    if valid is None or not run.is_main or not hasattr(agent, "valid_metrics"):
+    has no valid set or the agent scores none)."""
+    if not (run.is_main and isinstance(agent, HeldOutScorer)):
         return None
-    return agent.prepare(valid)
+    valid = data.valid if isinstance(data, HeldOutData) else None
+    return None if valid is None else agent.prepare(valid)
 
 
 def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Generator,

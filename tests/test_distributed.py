@@ -54,7 +54,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(histories, t
             keep = torch.ones_like(tensor, dtype=torch.bool)
             keep[32:64] = False
             tensor, other = tensor[keep], other[keep]
-        torch.testing.assert_close(other, tensor, rtol=1e-5, atol=1e-6, msg=name)
+        # Adam divides by sqrt(v): an entry whose gradient is near zero turns summation-order
+        # rounding into a step of up to lr (3e-4), so a rare entry differs by ~1e-6.
+        torch.testing.assert_close(other, tensor, rtol=1e-5, atol=1e-5, msg=name)
     # Rank 0 alone logged: one record per logged step, and the losses agree.
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}

@@ -68,7 +68,8 @@ def split_task(monkeypatch):
     def register(**data_options) -> None:
         task = bc_tasks.BCTask(
             "lift-split", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator",
-            "fbc", {}, {"variant": "scripted", "image_size": IMAGE, **data_options},
+            "fbc", {}, {"variant": "scripted", "image_size": IMAGE, "filter_key": "auto",
+                    **data_options},
             agent_fields=("chunk_length",),
         )
         monkeypatch.setitem(bc_tasks.BC_TASKS, "lift-split", task)
@@ -217,7 +218,7 @@ def test_a_checkpoint_of_the_hand_written_ema_loads_as_it_acted():
             state[f"ema.{name.replace('.', '__')}"] = a.ema.module.get_buffer(name)
     state["ema.updates"] = torch.tensor(2)
     b = FBCAgent(cfg, spec, CPU)
-    b.load_state_dict(state)
+    load_model_state(b, state, "old.pt")  # what --resume and evaluation call
     assert int(b.ema.n_averaged) == 3
     for name, p in a.policy.named_parameters():
         source = a.ema.module.get_buffer(name) if p.requires_grad else p
@@ -253,6 +254,22 @@ def test_training_data_excludes_the_valid_demos(tmp_path):
     assert "are trained on (training uses every demo)" in everything.describe()
 
 
+def test_filter_key_flag_reaches_the_data_and_is_refused_where_there_are_none(tmp_path, split_task):
+    def options(*flags, env="lift-split"):
+        cfg = train_bc.parse_args([f"--env_name={env}", *flags])
+        return train_bc.data_options(cfg, bc_tasks.get_bc_task(env))
+
+    assert options()["filter_key"] == "auto"
+    assert options("--filter_key=all")["filter_key"] is None
+    assert options("--filter_key=operator_1")["filter_key"] == "operator_1"
+    path = write_split(tmp_path / "d.hdf5")
+    data = make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path, chunk_length=4,
+                     **options("--filter_key=all"))
+    assert data.num_demos == 4 and data.valid is None  # every demo: valid ones would be trained on
+    with pytest.raises(ValueError, match="has no robomimic filter keys"):
+        options("--filter_key=train", env="darkroom")
+
+
 def test_a_file_without_mask_train_trains_on_every_demo(tmp_path):
     path = write_split(tmp_path / "d.hdf5")
     with h5py.File(path, "a") as f:
@@ -263,11 +280,11 @@ def test_a_file_without_mask_train_trains_on_every_demo(tmp_path):
 
 
 def test_missing_filter_key_is_one_line_error_at_start(tmp_path, split_task):
-    split_task(filter_key="operator_7")
     path = write_split(tmp_path / "d.hdf5")
     out = tmp_path / "run"
     with pytest.raises(ValueError) as err:
-        train_bc.train(train_bc.parse_args([*TINY, f"--dataset={path}", f"--output_dir={out}"]))
+        train_bc.train(train_bc.parse_args([*TINY, f"--dataset={path}", f"--output_dir={out}",
+                                            "--filter_key=operator_7"]))
     message = str(err.value)
     assert "\n" not in message
     assert f"dataset {path} has no filter key mask/operator_7 (its filter keys: operator_0, " \

@@ -147,11 +147,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict that fails with one line naming what does not fit."""
+    """load_state_dict that fails with one line naming what does not fit.
+
+    The keys are compared by the model's own load_state_dict (non-strict), so a model that
+    upgrades an older layout of its state (e.g. fbc's EMA) loads it; shapes are compared
+    first, on the keys both have, as load_state_dict raises a wall of text for them.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and _shape(own[k]) != _shape(state[k])]
+    missing, unexpected = [], []
+    if not wrong:
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -166,7 +173,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             f"checkpoint {source} does not fit this model: {'; '.join(parts)}; it was made "
             f"with another architecture or config"
         )
-    model.load_state_dict(state)
 
 
 def _shape(value: Any) -> tuple | str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -57,6 +57,22 @@ class BCAgent(Protocol):
 
     def prepare(self, data: BCData) -> BCData:
         """The data training reads (e.g. with frozen features cached); often `data` itself."""
+        ...
+
+
+@runtime_checkable
+class HeldOutData(Protocol):
+    """Data that carries a held-out split (e.g. Lift's mask/valid demos), or None."""
+
+    valid: BCData | None
+
+
+@runtime_checkable
+class HeldOutScorer(Protocol):
+    """An agent that scores held-out data (e.g. fbc's flow loss on the valid demos)."""
+
+    def valid_metrics(self, data: BCData) -> dict[str, float]:
+        """Metrics over every sample of `data`, same noise at every call."""
         ...
 
 

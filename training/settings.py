@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = {
     "eval_interval",
     "eval_episodes",
     "eval_workers",
+    "eval_goals",
     "device",
     "threads",
     "amp",

@@ -354,9 +354,10 @@ def split_keys(
 
 def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: int) -> Path:
     """The generated default file, made on first use (with a progress bar)."""
-    from envs.lift.demos import generate
+    from envs.lift.demos import GENERATOR_VERSION, generate
 
-    path = cache_dir / f"lift_scripted_image_n{num_demos}_op{operators}_s{data_seed}.hdf5"
+    name = f"lift_scripted_image_v{GENERATOR_VERSION}_n{num_demos}_op{operators}_s{data_seed}"
+    path = cache_dir / f"{name}.hdf5"
     if not path.exists():
         print(f"generating the default Lift dataset ({num_demos} scripted demos) at {path}")
         generate(path, num_demos, seed=data_seed, operators=operators)

@@ -45,6 +45,11 @@ from envs.lift.env import (
     demo_seed,
 )
 
+GENERATOR_VERSION = 2
+"""Bumped whenever generate() writes different demos for the same arguments (2: per-demo
+env seeds and models, render settings in env_args), so a cached default file made by an
+older version is not reused."""
+
 
 @dataclass(frozen=True)
 class Operator:
