@@ -113,8 +113,10 @@ register_bc_task(BCTask("lift-scripted-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc
                         {"variant": "scripted", "num_demos": 100, "operators": 3,
                          "horizon": 400, "filter_key": "auto"}, agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-ph-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
-                        dict(_LIFT_DEFAULTS), {"variant": "ph", "horizon": 400, "filter_key": "auto"},
+                        dict(_LIFT_DEFAULTS),
+                        {"variant": "ph", "horizon": 400, "filter_key": "auto"},
                         agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
-                        dict(_LIFT_DEFAULTS), {"variant": "mh", "horizon": 500, "filter_key": "auto"},
+                        dict(_LIFT_DEFAULTS),
+                        {"variant": "mh", "horizon": 500, "filter_key": "auto"},
                         agent_fields=("chunk_length",)))
