@@ -63,9 +63,10 @@ class TrainBCConfig(Generic[AgentConfigT]):
     (no evaluator is built: for Lift, no robosuite)."""
     eval_workers: int = 1
     """Evaluation environments run in this many worker processes (where the task supports it)."""
-    eval_goals: Literal["valid", "test"] | None = None
+    eval_goals: Literal["valid", "test", "valid+test"] | None = None
     """Held-out goals of the in-context evaluation (Dark Room tasks): valid for every
-    budget / learning-rate choice, test for final numbers only; None: the task's (test)."""
+    budget / learning-rate choice, test for final numbers only, valid+test both (metrics
+    under valid/ and test/); None: the task's (test)."""
     filter_key: str = "auto"
     """robomimic filter key of the demos to train on (Lift tasks): auto = mask/train when
     the file has one, else every demo; all = every demo; any other name = mask/<name>. The

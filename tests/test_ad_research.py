@@ -366,3 +366,35 @@ def test_train_bc_runs_deep_compressed_ad_evaluated_on_validation_goals(historie
     (curve,) = out.glob("videos/eval_*/in_context_return.json")
     saved = json.loads(curve.read_text())
     assert saved["goals"] == "valid" and as_set(saved["tasks"]) == as_set(VALID_TASKS["darkroom"])
+
+
+class StayAgent:
+    """Always action 0: deterministic, so two evaluations of one split must agree."""
+
+    def reset_context(self, num_envs, *, generator=None):
+        self.n = num_envs
+
+    def act(self, obs):
+        return torch.zeros(len(obs["obs"]), dtype=torch.long)
+
+
+def test_valid_plus_test_evaluates_both_splits_under_their_own_names(tmp_path, histories):
+    spec = data_for(ADConfig(context_episodes=1), histories).spec
+
+    def run(goals, video_dir):
+        ev = make_evaluator(spec, device=CPU, seed=0, num_workers=1, video_dir=video_dir,
+                            env="darkroom", eval_seeds=2, goals=goals)
+        return ev.run(StayAgent(), 2)
+
+    both = run("valid+test", tmp_path / "both")
+    for split in ("valid", "test"):
+        alone = run(split, None).metrics
+        assert {k.replace("eval/", f"{split}/"): v for k, v in alone.items()} == {
+            k: v for k, v in both.metrics.items() if k.startswith(f"{split}/")}
+    assert not any(k.startswith("eval/") for k in both.metrics)
+    saved = [json.loads(p.with_suffix(".json").read_text())["goals"] for p in both.plots]
+    assert saved == ["valid", "test"]
+    assert [p.parent.parent.name for p in both.plots] == ["valid", "test"]
+    cfg = train_bc.parse_args(["--env_name=darkroom", f"--dataset={histories}",
+                               "--eval_goals=valid+test"])
+    assert train_bc.evaluator_options(cfg, get_bc_task(cfg.env_name))["goals"] == "valid+test"

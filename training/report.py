@@ -367,8 +367,10 @@ def plot_intervals(rep: Report, path: Path) -> Path:
 
 
 def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], key: str, reps: int,
-                seed: int, path: Path) -> Path:
-    """Mean over runs per step with its bootstrap CI (one rliable bootstrap over all steps)."""
+                seed: int, path: Path, xlabel: str = "step",
+                references: dict[str, float] | None = None) -> Path:
+    """Mean over runs per step with its bootstrap CI (one rliable bootstrap over all steps),
+    and horizontal reference lines (e.g. optimal and random returns)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -384,7 +386,9 @@ def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], key: str, reps
         line = ax.plot(steps, points[label], label=f"{label} ({len(values)} runs)")[0]
         ax.fill_between(steps, intervals[label][0], intervals[label][1], alpha=0.25,
                         color=line.get_color())
-    ax.set_xlabel("step")
+    for (label, value), style in zip((references or {}).items(), ("--", ":", "-."), strict=False):
+        ax.axhline(value, color="k", ls=style, lw=1, label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(key)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)

@@ -1,10 +1,12 @@
 """The evaluation of train_bc.py's Dark Room tasks: in-context rollouts on held-out tasks.
 
 The held-out tasks are the validation split (`goals="valid"`, `train_bc.py
---eval_goals=valid`: for every budget, learning-rate or architecture choice) or the test
-split (`goals="test"`, the default: final numbers only); envs/darkroom/grids.py fixes
-both. Every held-out task x `eval_seeds` streams as one batch on the device. The agent starts
-with an empty context and plays `num_episodes` episodes in sequence on each task,
+--eval_goals=valid`: for every budget, learning-rate or architecture choice), the test
+split (`goals="test"`, the default: final numbers only), or both in turn
+(`--eval_goals=valid+test`, metrics under valid/ and test/: a study chooses on the first
+and reports the second from the same runs); envs/darkroom/grids.py fixes both. Every
+held-out task x `eval_seeds` streams as one batch on the device. The agent starts with an
+empty context and plays `num_episodes` episodes in sequence on each task,
 keeping its context across them; the return of every in-context episode is recorded on
 the device and read back once at the end. Reported against the exact optimal return
 and the exact expected return of the uniformly random policy.
@@ -27,6 +29,9 @@ from envs.darkroom.grids import get_grid, optimal_returns, random_returns, task_
 from training.contracts import EvalResult
 
 GOAL_SPLITS = ("test", "valid")
+BOTH_SPLITS = "valid+test"
+"""--eval_goals=valid+test: both splits at every evaluation, the numbers under `valid/` and
+`test/` (choose on valid/, report test/ for the choice: one training run serves both)."""
 
 
 @runtime_checkable
@@ -46,12 +51,13 @@ class InContextEvaluator:
     """All held-out tasks x seeds in one batch, episodes in sequence, context kept throughout."""
 
     def __init__(self, spec: DarkroomSpec, *, device: torch.device, seed: int, eval_seeds: int,
-                 plot_dir: Path | None, goals: str = "test") -> None:
+                 plot_dir: Path | None, goals: str = "test", prefix: str = "eval") -> None:
         if goals not in GOAL_SPLITS:
             raise ValueError(f"--eval_goals={goals!r}: Dark Room evaluates on "
                              f"{' or '.join(map(repr, GOAL_SPLITS))} goals")
         self.grid = get_grid(spec.env)
         self.goals = goals
+        self.prefix = prefix
         self.device = device
         self.seed = seed
         self.eval_seeds = eval_seeds
@@ -97,16 +103,17 @@ class InContextEvaluator:
         last = curve[-1].item()
         tail = max(1, num_episodes // 10)
         metrics = {
-            "eval/return": last,
-            "eval/return_first_episode": curve[0].item(),
-            f"eval/return_last_{tail}_episodes": curve[-tail:].mean().item(),
-            "eval/return_mean_over_episodes": curve.mean().item(),
-            "eval/return_std_over_tasks": per_task[-1].std().item(),
-            "eval/optimal_return": self.optimal,
-            "eval/random_return": self.random,
-            "eval/normalized_return": (last - self.random) / (self.optimal - self.random),
-            "eval/in_context_episodes": float(num_episodes),
+            "return": last,
+            "return_first_episode": curve[0].item(),
+            f"return_last_{tail}_episodes": curve[-tail:].mean().item(),
+            "return_mean_over_episodes": curve.mean().item(),
+            "return_std_over_tasks": per_task[-1].std().item(),
+            "optimal_return": self.optimal,
+            "random_return": self.random,
+            "normalized_return": (last - self.random) / (self.optimal - self.random),
+            "in_context_episodes": float(num_episodes),
         }
+        metrics = {f"{self.prefix}/{key}": value for key, value in metrics.items()}
         plots = self._write_curve(curve.numpy(), per_task.numpy())
         self.calls += 1
         return EvalResult(metrics, plots=tuple(plots))
@@ -153,13 +160,39 @@ class InContextEvaluator:
         """Nothing to release (no worker processes)."""
 
 
+class BothSplitsEvaluator:
+    """--eval_goals=valid+test: the validation and the test goals, one after the other."""
+
+    def __init__(self, splits: list[InContextEvaluator]) -> None:
+        self.splits = splits
+
+    def run(self, agent: object, num_episodes: int) -> EvalResult:
+        """Each split's metrics under its own name (valid/..., test/...), plots of both."""
+        metrics, plots = {}, []
+        for evaluator in self.splits:
+            result = evaluator.run(agent, num_episodes)
+            metrics.update(result.metrics)
+            plots.extend(result.plots)
+        return EvalResult(metrics, plots=tuple(plots))
+
+    def close(self) -> None:
+        """Nothing to release (no worker processes)."""
+
+
 def make_evaluator(spec: DarkroomSpec, *, device: torch.device, seed: int, num_workers: int,
                    video_dir: Path | None, env: str = "darkroom", eval_seeds: int = 16,
-                   goals: str = "test") -> InContextEvaluator:
-    """In-context evaluation on the held-out `goals` ("test" or "valid"; num_workers is
-    unused: one batch)."""
+                   goals: str = "test") -> InContextEvaluator | BothSplitsEvaluator:
+    """In-context evaluation on the held-out `goals` ("test", "valid" or "valid+test";
+    num_workers is unused: one batch per split)."""
     if spec.env != env:
         raise ValueError(f"data is {spec.env} but the task is {env}")
-    return InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
-                              plot_dir=None if video_dir is None else Path(video_dir),
-                              goals=goals)
+    plot_dir = None if video_dir is None else Path(video_dir)
+    if goals != BOTH_SPLITS:
+        return InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
+                                  plot_dir=plot_dir, goals=goals)
+    return BothSplitsEvaluator([
+        InContextEvaluator(spec, device=device, seed=seed, eval_seeds=eval_seeds,
+                           plot_dir=None if plot_dir is None else plot_dir / split,
+                           goals=split, prefix=split)
+        for split in ("valid", "test")
+    ])
