@@ -19,6 +19,7 @@ import torch
 
 from envs.lift import evaluation
 from envs.lift.dataset import LiftSpec
+from envs.lift.env_args import installed_robosuite_version
 from envs.lift.env import (
     DEMO_SEED_START,
     MAX_EVAL_EPISODES,
@@ -205,6 +206,9 @@ def cube_half_size_in(model_xml: str) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not installed_robosuite_version().startswith("1.4."),
+                    reason="the reference is robosuite 1.4's np.random hard reset; 1.5 draws "
+                           "from env.rng (tests/test_lift_generations.py covers it)")
 def test_seeded_reset_is_robosuites_hard_reset_with_the_context_kept():
     """Cube size and initial state are what robosuite's own hard reset draws from the seed,
     in any np.random state; the kept render context draws what a fresh one does."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from envs.lift.env import CAMERAS, HORIZON_PH, IMAGE_SIZE, LOWDIM_KEYS
+from envs.lift.env_args import normalize_env_args, read_arm_controller
 
 IMAGE_KEYS = tuple(f"{cam}_image" for cam in CAMERAS)
 # Action size of a one-arm robosuite robot per controller, gripper included (robomimic's
@@ -51,11 +52,16 @@ class LiftSpec:
 
 
 def env_action_dim(env_args: dict) -> int | None:
-    """Actions the rollout env built from these env_args takes; None when not known here."""
+    """Actions the rollout env built from these env_args takes; None when not known here.
+
+    Reads the arm controller of either robosuite generation (flat 1.4 or composite 1.5)."""
     kwargs = env_args.get("env_kwargs", {})
     robots = kwargs.get("robots", [])
     robots = [robots] if isinstance(robots, str) else list(robots)
-    controller = (kwargs.get("controller_configs") or {}).get("type")
+    try:
+        controller = read_arm_controller(kwargs.get("controller_configs")).type
+    except ValueError:
+        return None
     if len(robots) != 1 or controller not in CONTROLLER_ACTION_DIMS:
         return None
     return CONTROLLER_ACTION_DIMS[controller]
@@ -97,6 +103,12 @@ def check_dataset(
         if not demos:
             raise ValueError(f"dataset {path} holds no demos under data/")
         env_args = json.loads(f["data"].attrs["env_args"])
+        try:
+            # A file the installed robosuite cannot run fails here, not in an evaluation
+            # worker after training (robomimic v1.5 files and the original ones both pass).
+            normalize_env_args(env_args)
+        except ValueError as err:
+            raise ValueError(f"dataset {path}: {err}") from None
         action_dim = env_action_dim(env_args)
         for demo in demos:
             g = f[f"data/{demo}"]
@@ -107,10 +119,10 @@ def check_dataset(
                 kwargs = env_args["env_kwargs"]
                 robots = kwargs["robots"]
                 robot = robots if isinstance(robots, str) else robots[0]
+                controller = read_arm_controller(kwargs["controller_configs"]).type
                 raise ValueError(
                     f"dataset {path}: data/{demo}/actions are {dim}-dim but its env "
-                    f"({env_args.get('env_name')}, {robot}, "
-                    f"{kwargs['controller_configs']['type']} controller) takes "
+                    f"({env_args.get('env_name')}, {robot}, {controller} controller) takes "
                     f"{action_dim}-dim actions; use demos recorded with that robot and controller"
                 )
             if not g["actions"].shape or g["actions"].shape[0] == 0:

@@ -16,11 +16,18 @@ which robosuite calls before creating the context, including on every hard reset
 file's frames were rendered with is stored in its env_args (`render_settings`, see
 RenderSettings), and an env built from those env_args renders the same way.
 
+Both robosuite generations' files: the env_args go through `envs.lift.env_args`
+(`normalize_env_args`), which converts a robosuite 1.4 (flat OSC_POSE) or 1.5 (composite
+BASIC) controller config to the installed robosuite's form; a demo's `model_file` from the
+other generation does not compile (other mesh files), and `reset_to` then sets its state in
+the env's own model.
+
 Episodes: robosuite draws the cube's size from `np.random` when it builds the model and
 its placement when it resets; with `hard_reset=False` the size is drawn once, when the
 env is made, from whatever state `np.random` is in. `reset(seed=s)` therefore seeds
 `np.random` with s and does what robosuite's hard reset does (new model, new cube size,
-new placement), so an episode is a function of its seed alone, in any process. The
+new placement), so an episode is a function of its seed alone, in any process (robosuite
+1.5 draws from the env's own `rng`, which is reseeded too). The
 render context survives that reset (a redrawn cube changes no texture or mesh): measured
 on CPU (2 cores, shared, two 84x84 cameras), 0.33-0.35 s per seeded reset against 1.8-2.0 s
 for robosuite's own hard reset, with bitwise the same observations.
@@ -31,15 +38,21 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes.util
-import inspect
 import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from envs.lift.env_args import (
+    installed_robosuite_version,
+    normalize_env_args,
+    robosuite_generation,
+)
 
 # Lift camera observations and the proprio keys the policies read.
 CAMERAS = ("agentview", "robot0_eye_in_hand")
@@ -131,7 +144,8 @@ def default_env_args(
     return {
         "env_name": "Lift",
         "type": 1,  # robomimic's EnvType.ROBOSUITE_TYPE
-        "env_version": "1.4.1",
+        # The robosuite that records the demos (their model_file is that version's xml).
+        "env_version": installed_robosuite_version(),
         "env_kwargs": {
             "has_renderer": False,
             "has_offscreen_renderer": True,
@@ -272,6 +286,16 @@ def _env_class(env_name: str, render: RenderSettings) -> type:
     return _ENV_CLASSES[key]
 
 
+_NOTED: set[str] = set()
+
+
+def _note_once(note: str) -> None:
+    """Print an env_args note once per process (evaluation makes envs over and over)."""
+    if note not in _NOTED:
+        _NOTED.add(note)
+        print(f"[envs.lift] {note}", flush=True)
+
+
 class LiftEnv:
     """A robosuite env made from robomimic env_args, with robomimic-style observations."""
 
@@ -287,11 +311,11 @@ class LiftEnv:
         hard_reset: redraw the model on every reset, not only on seeded ones."""
         if isinstance(env_args, str):
             env_args = json.loads(env_args)
-        if env_args.get("type", 1) != 1:
-            raise ValueError(
-                f"env_args type {env_args.get('type')} is not a robosuite env (type 1)"
-            )
-        kwargs = copy.deepcopy(env_args["env_kwargs"])
+        # Either robosuite generation's env_args, in the installed one's form (one-line
+        # ValueError for a file that cannot run); what was changed is said once a process.
+        kwargs, notes = normalize_env_args(env_args)
+        for note in notes:
+            _note_once(note)
         self.cameras = tuple(kwargs.get("camera_names") or ()) if use_images else ()
         if isinstance(kwargs.get("camera_names"), str):
             self.cameras = (kwargs["camera_names"],) if use_images else ()
@@ -309,19 +333,14 @@ class LiftEnv:
         )
         if self.cameras:
             kwargs["camera_names"] = list(self.cameras)
-        kwargs.pop("env_name", None)
         select_gl_backend()
         _load_triton_first()
         self.env_name = env_args["env_name"]
         self.render_settings = render or RenderSettings.from_env_args(env_args)
+        self.robosuite_generation = robosuite_generation(installed_robosuite_version())
         self._hard_reset = hard_reset
-        env_class = _env_class(self.env_name, self.render_settings)
-        # Files written by other robosuite versions may carry kwargs this one lacks.
-        accepted = inspect.signature(env_class.__init__).parameters
-        dropped = sorted(k for k in kwargs if k not in accepted)
-        if dropped:
-            print(f"[envs.lift] ignoring env kwargs robosuite 1.4 does not take: {dropped}")
-        self.env = env_class(**{k: v for k, v in kwargs.items() if k in accepted})
+        self._warned_model_file = False
+        self.env = _env_class(self.env_name, self.render_settings)(**kwargs)
         # robomimic activates these so that its datasets hold them; keep files alike.
         for name in self.env.observation_names:
             if "joint_pos" in name or "eef_vel" in name:
@@ -356,6 +375,10 @@ class LiftEnv:
         # robosuite 1.4 draws everything (cube size, robot init noise, placement) from
         # the global np.random; it has no rng of its own.
         np.random.seed(seed)
+        if self.robosuite_generation == "1.5":
+            # robosuite 1.5 draws them from the env's own Generator, which the cube and the
+            # placement sampler hold as well: reseed that object in place, not replace it.
+            self.env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self.env.hard_reset = True
         try:
             raw = self.env.reset()
@@ -365,14 +388,35 @@ class LiftEnv:
 
     def reset_to(self, state: np.ndarray, model_xml: str | None = None) -> dict[str, np.ndarray]:
         """Set a flattened sim state (robomimic's `states`), loading the demo's model
-        (its `model_file`, e.g. its cube size) first when given."""
+        (its `model_file`, e.g. its cube size) first when given; a model_file written by
+        the other robosuite generation does not load, and the env's own model is used."""
         if model_xml is not None:
+            own_xml = self.env.compiled_xml
             self.env.reset()
-            self.env.reset_from_xml_string(self.env.edit_model_xml(model_xml))
+            try:
+                self.env.reset_from_xml_string(self.env.edit_model_xml(model_xml))
+            except ValueError as err:
+                # mujoco's compile error: robosuite 1.4 and 1.5 name different mesh files
+                # ("Error opening file ..."). Their flattened states are alike (time, qpos,
+                # qvel of the same joints), so the state goes into our model instead.
+                self._warn_model_file(err)
+                self.env.reset_from_xml_string(own_xml)
             self.env.sim.reset()
         self.env.sim.set_state_from_flattened(np.asarray(state, dtype=np.float64))
         self.env.sim.forward()
         return self._observation()
+
+    def _warn_model_file(self, err: ValueError) -> None:
+        if self._warned_model_file:
+            return
+        self._warned_model_file = True
+        reason = str(err).strip().splitlines()[0][:200]
+        warnings.warn(
+            f"a demo's model_file does not load in robosuite {installed_robosuite_version()} "
+            f"({reason}); its states are set in this env's own model (its cube size may differ)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, dict]:
         """One control step; done is task success (horizons are the caller's business)."""
