@@ -19,7 +19,6 @@ import torch
 
 from envs.lift import evaluation
 from envs.lift.dataset import LiftSpec
-from envs.lift.env_args import installed_robosuite_version
 from envs.lift.env import (
     DEMO_SEED_START,
     MAX_EVAL_EPISODES,
@@ -28,6 +27,7 @@ from envs.lift.env import (
     demo_seed,
     evaluation_seeds,
 )
+from envs.lift.env_args import installed_robosuite_version
 
 LOWDIM = ("robot0_eef_pos", "robot0_gripper_qpos", "object")
 
