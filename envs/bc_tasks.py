@@ -112,6 +112,11 @@ register_bc_task(BCTask("lift-scripted-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc
                         dict(_LIFT_DEFAULTS),
                         {"variant": "scripted", "num_demos": 100, "operators": 3,
                          "horizon": 400, "filter_key": "auto"}, agent_fields=("chunk_length",)))
+# The scripted mh preset: 6 operators x 50 demos of three skill levels, robomimic's masks.
+register_bc_task(BCTask("lift-scripted-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
+                        dict(_LIFT_DEFAULTS),
+                        {"variant": "scripted", "preset": "mh", "num_demos": 300,
+                         "horizon": 500, "filter_key": "auto"}, agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-ph-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
                         {"variant": "ph", "horizon": 400, "filter_key": "auto"},

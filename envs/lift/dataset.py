@@ -364,15 +364,18 @@ def split_keys(
     return filter_key, valid_key, ""
 
 
-def default_dataset(cache_dir: Path, num_demos: int, operators: int, data_seed: int) -> Path:
+def default_dataset(
+    cache_dir: Path, num_demos: int, operators: int, data_seed: int, preset: str | None = None
+) -> Path:
     """The generated default file, made on first use (with a progress bar)."""
     from envs.lift.demos import GENERATOR_VERSION, generate
 
-    name = f"lift_scripted_image_v{GENERATOR_VERSION}_n{num_demos}_op{operators}_s{data_seed}"
+    who = preset if preset is not None else f"op{operators}"
+    name = f"lift_scripted_image_v{GENERATOR_VERSION}_n{num_demos}_{who}_s{data_seed}"
     path = cache_dir / f"{name}.hdf5"
     if not path.exists():
         print(f"generating the default Lift dataset ({num_demos} scripted demos) at {path}")
-        generate(path, num_demos, seed=data_seed, operators=operators)
+        generate(path, num_demos, seed=data_seed, operators=operators, preset=preset)
     return path
 
 
@@ -387,6 +390,7 @@ def make_data(
     num_demos: int = 100,
     operators: int = 3,
     data_seed: int = 0,
+    preset: str | None = None,
     filter_key: str | None = "auto",
     valid_key: str | None = "valid",
     horizon: int = HORIZON_PH,
@@ -413,7 +417,7 @@ def make_data(
                 f"robomimic.scripts.download_datasets --tasks lift --dataset_types {variant} "
                 f"--hdf5_types low_dim`), then {_render_hint(Path(url).name)}"
             )
-        path = default_dataset(Path(cache_dir), num_demos, operators, data_seed)
+        path = default_dataset(Path(cache_dir), num_demos, operators, data_seed, preset)
     else:
         path = Path(dataset).expanduser()
     def load(key: str | None) -> LiftData:

@@ -1,10 +1,15 @@
 """Lift demonstrations in robomimic's HDF5 format: a scripted controller and a renderer.
 
-`generate` runs a scripted pick-and-lift controller (four phases: above the cube, down
-to just below its centre, close the gripper, lift; proportional control on the position
-error, rotation 0) and writes robomimic-format demos with camera images. Several
-"operators" differ in speed, action noise and hesitation, so that the data varies the
-way robomimic's multi-human (mh) files do rather than being one perfect policy (ph).
+`generate` runs a scripted pick-and-lift controller (approach, descend to just below the
+cube's centre, close the gripper, lift; proportional control on the position error, the
+wrist turned to the cube's yaw) and writes robomimic-format demos with camera images.
+"Operators" differ in speed, action noise, approach path (from above, in from the side,
+diagonally), gripper timing (early, late or slow closing), wrist wobble and how often
+they miss a grasp; a miss is noticed (fingers closed on nothing, or the cube not rising)
+and the grasp retried, so successful demos hold recoveries, as human ones do. Presets
+(`--preset`): `ph`, one proficient operator; `mh`, six operators, two each "better",
+"okay", "worse", 50 demos apiece, with robomimic's mh masks (better_operator_1, ...,
+better, okay_better, ...); `small`, the default task's 100 demos by make_operators(3).
 
 Each demo starts from its own env seed (drawn from `--seed`'s rng, outside the
 evaluation seeds), which decides its cube size and placement, and stores the model it
@@ -21,6 +26,8 @@ robosuite and robomimic do), and environments made from that env_args render the
 
     python -m envs.lift.demos generate --num_demos 100 --seed 0 --operators 3 \\
         --output data/lift_scripted.hdf5
+    python -m envs.lift.demos generate --preset mh --output data/lift_mh_scripted.hdf5
+    python -m envs.lift.demos measure --preset mh --episodes 20
     python -m envs.lift.demos render --input low_dim_v15.hdf5 --output image_v15.hdf5
 """
 
@@ -29,7 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -45,10 +53,14 @@ from envs.lift.env import (
     demo_seed,
 )
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever generate() writes different demos for the same arguments (2: per-demo
-env seeds and models, render settings in env_args), so a cached default file made by an
-older version is not reused."""
+env seeds and models, render settings in env_args; 3: operators with wrist rotation,
+approach paths, gripper timing and missed-grasp recoveries), so a cached default file
+made by an older version is not reused."""
+
+APPROACHES = ("above", "offset", "diagonal")
+LEVELS = ("better", "okay", "worse")  # robomimic's mh skill levels, best first
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,41 @@ class Operator:
     """Std of temporally correlated noise added to the translation action."""
     pause_prob: float
     """Per-step chance of stopping for a few steps (hesitation)."""
+    name: str = "operator_0"
+    """The operator's mask in the file (mask/<name>), e.g. robomimic's better_operator_1."""
+    level: str | None = None
+    """Skill level (better / okay / worse): also a mask, as in robomimic's mh files."""
+    approach: str = "above"
+    """Path to the cube: above (down from straight above), offset (in from the side, round
+    to above it) or diagonal (straight at a point just above it)."""
+    rot_gain: float = 0.5
+    """Fraction of the orientation error (cube yaw, mod 90 degrees) corrected per step."""
+    yaw_sloppiness: float = 0.0
+    """Std (rad) of a per-attempt error in the yaw the operator aims for."""
+    rot_noise_std: float = 0.02
+    """Std of temporally correlated wobble added to the rotation action."""
+    close_speed: float = 1.0
+    """Gripper action while closing; below 1 the fingers close slowly."""
+    close_early: float = 0.0
+    """Height (m) above the grasp point at which closing starts on the way down."""
+    close_delay: int = 0
+    """Steps spent at the grasp point before closing (late close)."""
+    miss_prob: float = 0.0
+    """Chance that a grasp attempt misses (closes too high or beside the cube); the miss is
+    noticed (fingers closed on nothing, or the cube not coming up) and the grasp retried."""
+
+    def __post_init__(self) -> None:
+        if self.approach not in APPROACHES:
+            raise ValueError(f"approach must be one of {APPROACHES}, got {self.approach!r}")
+        if self.level is not None and self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS} or None, got {self.level!r}")
+        if not 0.0 < self.close_speed <= 1.0:
+            raise ValueError(f"close_speed must be in (0, 1], got {self.close_speed}")
 
 
 def make_operators(count: int) -> list[Operator]:
-    """count operators from proficient (fast, clean) to worst (slow, noisy, hesitant)."""
+    """count operators from proficient (fast, clean) to worst (slow, noisy, hesitant, often
+    missing the grasp), named operator_0.. ; approach paths and gripper habits alternate."""
     if count < 1:
         raise ValueError(f"--operators must be >= 1, got {count}")
     ops = []
@@ -78,13 +121,128 @@ def make_operators(count: int) -> list[Operator]:
                 max_action=1.0 - 0.3 * f,
                 noise_std=0.05 + 0.15 * f,
                 pause_prob=0.03 * f,
+                name=f"operator_{k}",
+                approach=APPROACHES[k % len(APPROACHES)],
+                rot_gain=0.5 - 0.2 * f,
+                yaw_sloppiness=0.15 * f,
+                rot_noise_std=0.02 + 0.08 * f,
+                close_speed=1.0 - 0.5 * f,
+                close_early=0.01 if k % 3 == 1 else 0.0,
+                close_delay=4 if k % 3 == 2 else 0,
+                miss_prob=0.3 * f,
             )
         )
     return ops
 
 
+def _mh_operators() -> tuple[Operator, ...]:
+    """Six operators, two per robomimic skill level, each with habits of their own."""
+
+    def op(level: str, k: int, **kw) -> Operator:
+        return Operator(name=f"{level}_operator_{k}", level=level, **kw)
+
+    # fmt: off
+    return (
+        op("better", 1, gain=10.0, max_action=1.0, noise_std=0.05, pause_prob=0.0,
+           approach="above", rot_gain=0.5, rot_noise_std=0.02, miss_prob=0.05),
+        op("better", 2, gain=9.0, max_action=0.95, noise_std=0.06, pause_prob=0.0,
+           approach="offset", rot_gain=0.4, yaw_sloppiness=0.05, rot_noise_std=0.03,
+           close_early=0.008, miss_prob=0.05),
+        op("okay", 1, gain=8.0, max_action=0.85, noise_std=0.10, pause_prob=0.01,
+           approach="diagonal", rot_gain=0.35, yaw_sloppiness=0.08, rot_noise_std=0.05,
+           close_speed=0.5, miss_prob=0.15),
+        op("okay", 2, gain=7.5, max_action=0.85, noise_std=0.10, pause_prob=0.01,
+           approach="above", rot_gain=0.3, yaw_sloppiness=0.08, rot_noise_std=0.06,
+           close_delay=4, miss_prob=0.15),
+        op("worse", 1, gain=6.0, max_action=0.7, noise_std=0.18, pause_prob=0.03,
+           approach="offset", rot_gain=0.25, yaw_sloppiness=0.15, rot_noise_std=0.10,
+           close_early=0.012, miss_prob=0.3),
+        op("worse", 2, gain=6.0, max_action=0.7, noise_std=0.20, pause_prob=0.03,
+           approach="diagonal", rot_gain=0.2, yaw_sloppiness=0.15, rot_noise_std=0.12,
+           close_speed=0.4, close_delay=6, miss_prob=0.3),
+    )
+    # fmt: on
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of demos: how many, and by which operators (taking equal turns)."""
+
+    num_demos: int
+    operators: tuple[Operator, ...]
+    about: str
+
+
+PRESETS = {
+    "ph": Preset(
+        200,
+        (Operator(10.0, 1.0, 0.05, 0.0, name="proficient_operator", rot_noise_std=0.02),),
+        "one clean, proficient operator (robomimic ph: 200 demos)",
+    ),
+    "mh": Preset(
+        300,
+        _mh_operators(),
+        "6 operators x 50, two each better / okay / worse (robomimic mh: 300 demos)",
+    ),
+    "small": Preset(
+        100, tuple(make_operators(3)), "100 demos by make_operators(3): the default task's"
+    ),
+}
+
+
+# ---- rotations (xyzw quaternions, as robosuite's observations hold them)
+
+
+def _quat_to_mat(q: np.ndarray) -> np.ndarray:
+    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _yaw(mat: np.ndarray) -> float:
+    """Heading of the frame's x axis in the world's xy plane."""
+    return float(np.arctan2(mat[1, 0], mat[0, 0]))
+
+
+def _rot_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _axis_angle(mat: np.ndarray) -> np.ndarray:
+    """Rotation vector (world frame) of a rotation matrix."""
+    vee = np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]])
+    angle = np.arccos(np.clip((np.trace(mat) - 1.0) / 2.0, -1.0, 1.0))
+    if angle < 1e-8:
+        return 0.5 * vee
+    return vee * (angle / (2.0 * np.sin(angle)))
+
+
+def _wrap(angle: float, period: float) -> float:
+    """angle mapped into [-period/2, period/2)."""
+    return float((angle + period / 2) % period - period / 2)
+
+
 class ScriptedLiftPolicy:
-    """Four-phase pick-and-lift from the cube position and the end-effector position."""
+    """Pick-and-lift from the cube pose, the end-effector pose and the finger positions.
+
+    Phases: approach (the operator's path, turning the wrist to the cube's yaw), descend,
+    close, lift. A missed grasp (fingers closed on nothing, or the cube not rising with the
+    hand) opens the gripper, backs up above the cube and tries again: a recovery.
+    """
+
+    APPROACH, DESCEND, CLOSE, LIFT, RECOVER = range(5)
+    # OSC_POSE scales rotation actions in [-1, 1] to [-0.5, 0.5] rad.
+    ROT_SCALE = 0.5
+    # Finger opening (qpos[0] - qpos[1], m) below which the gripper holds nothing:
+    # about 0.002 closed on air, about 0.04 around the 4.0-4.4 cm cube.
+    EMPTY_WIDTH = 0.01
+    MAX_ATTEMPTS = 4
 
     def __init__(self, operator: Operator, rng: np.random.Generator) -> None:
         self.op = operator
@@ -92,36 +250,134 @@ class ScriptedLiftPolicy:
         # Per-demo variation in the approach height, grasp depth and grip time.
         self.approach_height = float(rng.uniform(0.06, 0.10))
         self.grasp_depth = float(rng.uniform(-0.010, 0.0))
-        self.grip_steps = int(rng.integers(11, 16))
-        self.phase = 0
-        self.grip_count = 0
-        self.pause_left = 0
-        self.grasp_target = np.zeros(3)
+        self.grip_steps = int(np.ceil(rng.integers(11, 16) / operator.close_speed))
+        # The offset approach comes in from a side of its own, at a height of its own.
+        side = float(rng.uniform(0.0, 2.0 * np.pi))
+        self.offset_waypoint = np.array(
+            [0.06 * np.cos(side), 0.06 * np.sin(side), float(rng.uniform(0.04, 0.07))]
+        )
+        self.phase = self.APPROACH
+        self.attempt = 0
+        self.recoveries = 0
+        self.planned_misses: list[str] = []
         self.noise = np.zeros(3)
+        self.wobble = np.zeros(3)
+        self.pause_left = 0
+        self.prev_eef: np.ndarray | None = None
+        self.ref_rot: np.ndarray | None = None
+        self.target_rot: np.ndarray | None = None
+        self._start_attempt(self.op.approach)
+
+    def _start_attempt(self, approach: str) -> None:
+        """Plan one grasp attempt: its path, its aim, and whether it misses."""
+        self.attempt += 1
+        self.waypoints = {
+            "above": [np.array([0.0, 0.0, self.approach_height])],
+            "offset": [self.offset_waypoint, np.array([0.0, 0.0, 0.04])],
+            "diagonal": [np.array([0.0, 0.0, 0.035])],
+        }[approach]
+        self.waypoint = 0
+        self.yaw_bias = float(self.rng.normal(0.0, self.op.yaw_sloppiness))
+        self.miss = None
+        # Having missed, an operator takes more care: half the chance each retry.
+        miss_prob = self.op.miss_prob / 2 ** (self.attempt - 1)
+        if self.attempt < self.MAX_ATTEMPTS and self.rng.random() < miss_prob:
+            self.miss = "high" if self.rng.random() < 0.5 else "beside"
+            self.planned_misses.append(self.miss)
+        self.closing = 0
+        self.delay_left = self.op.close_delay + int(self.rng.integers(0, 3))
+        self.grasp_target = np.zeros(3)
+        self.grasp_cube_z = 0.0
+        self.recover_steps = 0
+
+    def _grasp_point(self, cube: np.ndarray, rot: np.ndarray) -> np.ndarray:
+        point = cube + np.array([0.0, 0.0, self.grasp_depth - 0.005])
+        if self.miss == "high":  # closes above the cube's top
+            point[2] += 0.035
+        elif self.miss == "beside":  # beside the cube, along the hand's x (not between the fingers)
+            along = np.array([rot[0, 0], rot[1, 0], 0.0])
+            point += 0.05 * along / max(np.linalg.norm(along), 1e-9)
+        return point
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The next 7-D OSC_POSE action in [-1, 1]."""
-        eef = obs["robot0_eef_pos"]
-        cube = obs["object"][:3]
+        eef = np.asarray(obs["robot0_eef_pos"], dtype=np.float64)
+        rot = _quat_to_mat(obs["robot0_eef_quat"])
+        cube = np.asarray(obs["object"][:3], dtype=np.float64)
+        cube_rot = _quat_to_mat(obs["object"][3:7])
+        finger_qpos = np.asarray(obs["robot0_gripper_qpos"], dtype=np.float64)
+        width = float(finger_qpos[0] - finger_qpos[1])
+        if self.ref_rot is None:
+            self.ref_rot = rot
+        # A hand that has stopped within 2 cm of its goal is as close as it will get
+        # (slow operators' small actions stall against the controller's damping).
+        settled = self.prev_eef is not None and np.linalg.norm(eef - self.prev_eef) < 0.0015
+        self.prev_eef = eef
         gripper = -1.0
-        if self.phase == 0:
-            target = cube + np.array([0.0, 0.0, self.approach_height])
-            if np.linalg.norm(target - eef) < 0.01:
-                self.phase = 1
-        if self.phase == 1:
-            target = cube + np.array([0.0, 0.0, self.grasp_depth - 0.005])
-            if np.linalg.norm(target - eef) < 0.01:
-                self.phase = 2
-                self.grasp_target = target.copy()
-        if self.phase == 2:
-            target, gripper = self.grasp_target, 1.0
-            self.grip_count += 1
-            if self.grip_count >= self.grip_steps:
-                self.phase = 3
-        if self.phase == 3:
-            target, gripper = self.grasp_target + np.array([0.0, 0.0, 0.2]), 1.0
 
-        error = target - eef
+        if self.phase in (self.APPROACH, self.DESCEND) or self.target_rot is None:
+            # Turn the wrist to the cube's yaw (a cube looks the same every 90 degrees),
+            # taking the smallest turn from where the hand started.
+            ref_yaw = _yaw(self.ref_rot)
+            goal = ref_yaw + _wrap(_yaw(cube_rot) - ref_yaw, np.pi / 2) + self.yaw_bias
+            self.target_rot = _rot_z(goal - ref_yaw) @ self.ref_rot
+        yaw_error = abs(_wrap(_yaw(self.target_rot) - _yaw(rot), 2 * np.pi))
+
+        if self.phase == self.APPROACH:
+            target = cube + self.waypoints[self.waypoint]
+            distance = np.linalg.norm(target - eef)
+            if self.waypoint < len(self.waypoints) - 1:
+                if distance < 0.02:
+                    self.waypoint += 1
+            elif (distance < 0.01 or (distance < 0.02 and settled)) and yaw_error < 0.15:
+                self.phase = self.DESCEND
+        if self.phase == self.DESCEND:
+            target = self._grasp_point(cube, rot)
+            if eef[2] - target[2] < self.op.close_early:
+                gripper = self.op.close_speed
+            distance = np.linalg.norm(target - eef)
+            # An early closer stops going down once the fingers are closing.
+            if distance < 0.01 or (distance < 0.02 and settled) or self.closing >= 3:
+                self.phase = self.CLOSE
+                self.grasp_target = target.copy()
+                self.grasp_cube_z = float(cube[2])
+        if self.phase == self.CLOSE:
+            target = self.grasp_target
+            if self.delay_left > 0 and self.closing == 0:
+                self.delay_left -= 1
+            else:
+                gripper = self.op.close_speed
+            if self.closing >= self.grip_steps:
+                if width < self.EMPTY_WIDTH:  # closed on nothing
+                    self._recover()
+                else:
+                    self.phase = self.LIFT
+        if self.phase == self.LIFT:
+            target, gripper = self.grasp_target + np.array([0.0, 0.0, 0.2]), self.op.close_speed
+            hand_up = eef[2] - self.grasp_target[2]
+            if width < self.EMPTY_WIDTH or (hand_up > 0.04 and cube[2] - self.grasp_cube_z < 0.01):
+                self._recover()  # dropped it, or it never came up
+        if self.phase == self.RECOVER:
+            target, gripper = cube + np.array([0.0, 0.0, self.approach_height]), -1.0
+            self.recover_steps += 1
+            if self.recover_steps >= 8 and np.linalg.norm(target - eef) < 0.03:
+                self._start_attempt("above")
+                self.phase = self.APPROACH
+        if gripper > 0:
+            self.closing += 1
+
+        action = np.zeros(7)
+        action[:3] = self._translation(target - eef)
+        action[3:6] = self._rotation(rot, np.linalg.norm(target - eef))
+        action[6] = gripper
+        return np.clip(action, -1.0, 1.0)
+
+    def _recover(self) -> None:
+        self.phase = self.RECOVER
+        self.recoveries += 1
+        self.recover_steps = 0
+
+    def _translation(self, error: np.ndarray) -> np.ndarray:
         move = self.op.gain * error
         # AR(1) noise: a human's errors persist over several steps; people slow down and
         # get precise close to the target, so the noise shrinks with the distance.
@@ -130,15 +386,19 @@ class ScriptedLiftPolicy:
         if self.pause_left > 0:
             self.pause_left -= 1
             move = np.zeros(3)
-        elif self.phase in (0, 3) and self.rng.random() < self.op.pause_prob:
+        elif self.phase in (self.APPROACH, self.LIFT) and self.rng.random() < self.op.pause_prob:
             self.pause_left = int(self.rng.integers(2, 8))
         norm = np.linalg.norm(move)
         if norm > self.op.max_action:
             move = move * (self.op.max_action / norm)
-        action = np.zeros(7)
-        action[:3] = move
-        action[6] = gripper
-        return np.clip(action, -1.0, 1.0)
+        return move
+
+    def _rotation(self, rot: np.ndarray, distance: float) -> np.ndarray:
+        correction = self.op.rot_gain * _axis_angle(self.target_rot @ rot.T) / self.ROT_SCALE
+        # Wrist wobble, mostly about the vertical; steadier near the cube, as with position.
+        scale = np.array([0.5, 0.5, 1.0]) * self.op.rot_noise_std
+        self.wobble = 0.8 * self.wobble + 0.6 * scale * self.rng.standard_normal(3)
+        return correction + self.wobble * np.clip(distance / 0.04, 0.3, 1.0)
 
 
 class RobomimicWriter:
@@ -165,10 +425,12 @@ class RobomimicWriter:
         next_obs: dict[str, np.ndarray],
         model_xml: str | None = None,
         seed: int | None = None,
-        group: str | None = None,
+        group: str | Sequence[str] | None = None,
+        attrs: dict | None = None,
     ) -> str:
         """Append one demo; obs values are (T, ...) arrays, images uint8 (T, H, W, 3);
-        model_xml is the model it ran in, seed the env seed it started from."""
+        model_xml is the model it ran in, seed the env seed it started from; group names
+        the mask(s) it belongs to, attrs go to the demo group's attrs (e.g. its operator)."""
         name = f"demo_{self.num_demos}"
         g = self.data.create_group(name)
         n = len(actions)
@@ -177,6 +439,8 @@ class RobomimicWriter:
             g.attrs["model_file"] = model_xml
         if seed is not None:
             g.attrs["env_seed"] = seed
+        for key, value in (attrs or {}).items():
+            g.attrs[key] = value
         g.create_dataset("states", data=np.asarray(states, dtype=np.float64))
         g.create_dataset("actions", data=np.asarray(actions, dtype=np.float64))
         g.create_dataset("rewards", data=np.asarray(rewards, dtype=np.float64))
@@ -186,19 +450,24 @@ class RobomimicWriter:
                 write_obs(g, f"{prefix}/{key}", arr)
         self.num_demos += 1
         self.total += n
-        if group is not None:
-            self.groups.setdefault(group, []).append(name)
+        for key in [group] if isinstance(group, str) else group or ():
+            self.groups.setdefault(key, []).append(name)
         return name
 
     def close(self, valid_fraction: float = 0.1, seed: int = 0) -> None:
-        """Write attrs and masks (train/valid split and one mask per group), close the file."""
+        """Write attrs and masks, close the file: train/valid, one mask per group and, as in
+        robomimic's mh files, its train and valid parts (<group>_train, <group>_valid)."""
         self.data.attrs["total"] = self.total
         names = [f"demo_{i}" for i in range(self.num_demos)]
         order = np.random.default_rng(seed).permutation(self.num_demos)
         num_valid = int(round(valid_fraction * self.num_demos)) if self.num_demos > 1 else 0
         valid = sorted((names[i] for i in order[:num_valid]), key=_demo_index)
         train = sorted((names[i] for i in order[num_valid:]), key=_demo_index)
-        masks = {"train": train, "valid": valid, **self.groups}
+        masks = {"train": train, "valid": valid}
+        for key, demos in self.groups.items():
+            masks[key] = demos
+            masks[f"{key}_train"] = [d for d in demos if d in set(train)]
+            masks[f"{key}_valid"] = [d for d in demos if d in set(valid)]
         for key, demos in masks.items():
             self.file.create_dataset(f"mask/{key}", data=np.array(demos, dtype="S"))
         self.file.close()
@@ -227,7 +496,8 @@ def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int
     """One scripted episode until success; None when it fails within max_steps.
 
     The seed decides the episode's model (cube size) and initial state; the demo keeps
-    both (`model_xml`, `states`), so it can be replayed in its own model.
+    both (`model_xml`, `states`), so it can be replayed in its own model, and the number
+    of missed grasps the policy recovered from (`attrs["recoveries"]`).
     """
     obs = env.reset(seed=seed)
     model_xml = env.model_xml()
@@ -251,29 +521,69 @@ def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int
                 "next_obs": _stack(observations[1:]),
                 "model_xml": model_xml,
                 "seed": seed,
+                "attrs": {"recoveries": int(getattr(policy, "recoveries", 0))},
             }
     return None
 
 
+def resolve_operators(
+    operators: int | Sequence[Operator], preset: str | None
+) -> tuple[Operator, ...]:
+    """The operators of a preset, of make_operators(count), or as given."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        return PRESETS[preset].operators
+    if isinstance(operators, int):
+        return tuple(make_operators(operators))
+    ops = tuple(operators)
+    names = [op.name for op in ops]
+    if not ops or len(set(names)) != len(names):
+        raise ValueError(f"operators need distinct names, got {names}")
+    return ops
+
+
+def operator_masks(op: Operator, ops: Sequence[Operator]) -> list[str]:
+    """The masks a demo of op belongs to: its name, its level, and robomimic's pairs of
+    levels (okay_better, worse_better, worse_okay) when both levels are in the file."""
+    if op.level is None:
+        return [op.name]
+    present = [lv for lv in LEVELS if any(o.level == lv for o in ops)]
+    pairs = [
+        f"{LEVELS[j]}_{LEVELS[i]}"
+        for i in range(len(LEVELS))
+        for j in range(i + 1, len(LEVELS))
+        if op.level in (LEVELS[i], LEVELS[j]) and {LEVELS[i], LEVELS[j]} <= set(present)
+    ]
+    return [op.name, op.level, *pairs]
+
+
 def generate(
     output: str | Path,
-    num_demos: int,
+    num_demos: int | None,
     seed: int = 0,
-    operators: int = 1,
+    operators: int | Sequence[Operator] = 1,
     max_steps: int = 300,
     cameras: tuple[str, ...] = CAMERAS,
     image_size: int = IMAGE_SIZE,
     progress: bool = True,
     render_settings: RenderSettings | None = None,
+    preset: str | None = None,
 ) -> dict[str, float]:
     """Write num_demos successful scripted demos; returns counts and the success rate.
 
-    The file depends on `seed` alone: every demo's env seed, and so its cube size and
-    placement, is drawn from it, whatever state np.random was left in.
+    preset (ph, mh, small; see PRESETS) chooses the operators, and num_demos when that is
+    None; without one, `operators` is a count for make_operators or a list of Operators.
+    Operators take equal turns. The file depends on `seed` alone: every demo's env seed,
+    and so its cube size and placement, is drawn from it, whatever state np.random was in.
     """
+    ops = resolve_operators(operators, preset)
+    if num_demos is None:
+        if preset is None:
+            raise ValueError("num_demos is needed without a preset")
+        num_demos = PRESETS[preset].num_demos
     if num_demos < 1:
         raise ValueError(f"--num_demos must be >= 1, got {num_demos}")
-    ops = make_operators(operators)
     env_args = default_env_args(cameras, image_size, render_settings)
     env = LiftEnv(env_args, use_images=bool(cameras))
     env_args["render_settings"] = env.render_record()
@@ -283,14 +593,16 @@ def generate(
     # file that looks complete (the task module generates its default on first use).
     tmp = output.with_name(output.name + ".partial")
     writer = RobomimicWriter(tmp, env_args)
+    writer.data.attrs["preset"] = preset or "custom"
+    writer.data.attrs["operators"] = json.dumps([asdict(op) for op in ops])
     done = False
-    attempts, lengths = 0, []
+    attempts, lengths, recoveries = 0, [], 0
     bar = tqdm(total=num_demos, desc="scripted lift demos", unit="demo", disable=not progress)
     try:
         while writer.num_demos < num_demos:
             # Operators take turns, as robomimic's mh operators each give an equal share.
-            op_index = writer.num_demos % len(ops)
-            policy = ScriptedLiftPolicy(ops[op_index], rng)
+            op = ops[writer.num_demos % len(ops)]
+            policy = ScriptedLiftPolicy(op, rng)
             attempts += 1
             if attempts > 3 * num_demos + 10:
                 raise RuntimeError(
@@ -300,8 +612,10 @@ def generate(
             demo = run_demo(env, policy, demo_seed(rng), max_steps)
             if demo is None:
                 continue
-            writer.add_demo(**demo, group=f"operator_{op_index}")
+            demo["attrs"]["operator"] = op.name
+            writer.add_demo(**demo, group=operator_masks(op, ops))
             lengths.append(len(demo["actions"]))
+            recoveries += demo["attrs"]["recoveries"]
             bar.update(1)
             bar.set_postfix(success=f"{writer.num_demos / attempts:.2f}")
         done = True
@@ -318,7 +632,37 @@ def generate(
         "attempts": float(attempts),
         "success_rate": num_demos / attempts,
         "mean_length": float(np.mean(lengths)),
+        "recoveries": float(recoveries),
     }
+
+
+def measure(
+    operators: Sequence[Operator], episodes: int, seed: int = 0, max_steps: int = 300
+) -> dict[str, dict[str, float]]:
+    """Per operator, over `episodes` camera-less episodes (demo seeds from `seed`): success
+    rate, length of the successes (mean, min, max) and recoveries per success."""
+    env = LiftEnv(default_env_args(cameras=()), use_images=False)
+    rng = np.random.default_rng(seed)
+    out = {}
+    try:
+        for op in operators:
+            lengths, recoveries = [], []
+            for _ in range(episodes):
+                policy = ScriptedLiftPolicy(op, rng)
+                demo = run_demo(env, policy, demo_seed(rng), max_steps)
+                if demo is not None:
+                    lengths.append(len(demo["actions"]))
+                    recoveries.append(policy.recoveries)
+            out[op.name] = {
+                "success_rate": len(lengths) / episodes,
+                "mean_length": float(np.mean(lengths)) if lengths else float("nan"),
+                "min_length": float(min(lengths, default=0)),
+                "max_length": float(max(lengths, default=0)),
+                "recoveries_per_success": float(np.mean(recoveries)) if lengths else 0.0,
+            }
+    finally:
+        env.close()
+    return out
 
 
 def render(
@@ -391,13 +735,21 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: generate | render."""
+    """Command line: generate | render | measure."""
     parser = argparse.ArgumentParser(description="Lift demos in robomimic HDF5 format")
     sub = parser.add_subparsers(dest="command", required=True)
+    presets = ", ".join(f"{k}: {v.about}" for k, v in PRESETS.items())
     gen = sub.add_parser("generate", help="scripted pick-and-lift demos with camera images")
-    gen.add_argument("--num_demos", type=int, default=100)
+    gen.add_argument(
+        "--preset", choices=list(PRESETS), default=None, help=f"operators and count ({presets})"
+    )
+    gen.add_argument(
+        "--num_demos", type=int, default=None, help="demos to keep (default: the preset's, or 100)"
+    )
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--operators", type=int, default=1, help="demonstrator styles (mh-like)")
+    gen.add_argument(
+        "--operators", type=int, default=None, help="demonstrator styles without a preset (1)"
+    )
     gen.add_argument("--max_steps", type=int, default=300, help="give up on an attempt after")
     gen.add_argument("--no_images", action="store_true", help="low-dim only (fast)")
     gen.add_argument("--output", required=True)
@@ -414,22 +766,43 @@ def main(argv: list[str] | None = None) -> None:
             help="render as robosuite and robomimic do: reflections and multisampling on "
             "(slower on a CPU; for comparing with robomimic's own image files)",
         )
+    mea = sub.add_parser("measure", help="scripted success rate and lengths per operator")
+    mea.add_argument("--preset", choices=list(PRESETS), default="mh")
+    mea.add_argument("--episodes", type=int, default=20, help="episodes per operator")
+    mea.add_argument("--seed", type=int, default=0)
+    mea.add_argument("--max_steps", type=int, default=300)
     args = parser.parse_args(argv)
+    if args.command == "measure":
+        results = measure(PRESETS[args.preset].operators, args.episodes, args.seed, args.max_steps)
+        for name, r in results.items():
+            print(
+                f"{name}: success {r['success_rate']:.2f}, length {r['mean_length']:.1f} "
+                f"(min {r['min_length']:.0f}, max {r['max_length']:.0f}), recoveries per "
+                f"success {r['recoveries_per_success']:.2f}"
+            )
+        return
     settings = RenderSettings.robomimic() if args.robomimic_render else RenderSettings()
     if args.command == "generate":
+        if args.preset is not None and args.operators is not None:
+            parser.error("--operators and --preset both choose the operators; pass one")
+        num_demos = args.num_demos
+        if num_demos is None and args.preset is None:
+            num_demos = 100
         stats = generate(
             args.output,
-            args.num_demos,
+            num_demos,
             seed=args.seed,
-            operators=args.operators,
+            operators=1 if args.operators is None else args.operators,
             max_steps=args.max_steps,
             cameras=() if args.no_images else CAMERAS,
             render_settings=settings,
+            preset=args.preset,
         )
         print(
             f"wrote {args.output}: {int(stats['demos'])} demos, scripted success "
             f"{stats['success_rate']:.3f} ({int(stats['demos'])}/{int(stats['attempts'])}), "
-            f"mean length {stats['mean_length']:.1f} steps"
+            f"mean length {stats['mean_length']:.1f} steps, "
+            f"{int(stats['recoveries'])} recoveries"
         )
     else:
         render(
