@@ -236,7 +236,7 @@ def held_out(agent: BCAgent, data: BCData | HeldOutData, run: Run) -> BCData | N
     if not (run.is_main and isinstance(agent, HeldOutScorer)):
         return None
     valid = data.valid if isinstance(data, HeldOutData) else None
-    return None if valid is None else agent.prepare(valid)
+    return None if valid is None else agent.prepare(valid, held_out=True)
 
 
 def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Generator,

@@ -14,11 +14,23 @@ rollout policy runs in eval mode, and the pretrained BatchNorm layers stay Batch
 The bodies are configured by `--agent.encoder.*` (an `EncoderConfig`: arch, weights,
 freeze_mode none | all | until_layer3 | last_block, pooling); `--agent.freeze_encoder`,
 `--agent.pretrained_encoder`, `--agent.rgb_model_name` and `--agent.encoder_weights` are
-shorthands for its fields. With a frozen part and no augmentation, what that part
-computes from a frame never changes, so `prepare` computes it once for the whole dataset
-(batched, on the device) and training reads it from that cache: with freeze_mode=all (the
-default) the image features, and no ResNet runs in training; with until_layer3 /
-last_block the maps entering the trainable blocks, and only those blocks run.
+shorthands for its fields. What a frozen part computes from a given crop of a frame never
+changes, so `prepare` computes it once for the whole dataset (batched, on the device) and
+training reads it from that cache: with freeze_mode=all (the default) the image features,
+and no ResNet runs in training; with until_layer3 / last_block the maps entering the
+trainable blocks, and only those blocks run.
+
+Random crops are on by default where the images are larger than `crop_size` (Lift's
+84x84 -> 76x76, robomimic's crop). Without a cache (freeze_mode=none) each training
+sample is cropped at an offset drawn uniformly from all of them (9 x 9 on Lift) with the
+global RNG. With a cache, the cache holds, per frame, the frozen part's output on
+`cache_crops` = K = n x n crops at the offsets floor(i * (side - crop_size) / (n - 1)),
+i < n, on each axis (n odd, so the centre crop is one of them; K=81 on Lift is every
+offset), and training reads for each sample one of the K, drawn uniformly with the
+sampling generator: a random crop restricted to those K offsets, each computed exactly as
+the live network computes it (with until_layer3 / last_block too: the cached map is the
+frozen blocks' output on the cropped image, not a crop of the whole image's map). Outside
+training (rollouts, the held-out loss) the centre crop is used, live or cached.
 
 The policy that acts (and whose held-out loss is `valid/flow_loss`) is an exponential
 moving average of the trained one: torch's AveragedModel with use_buffers=True, so that
@@ -67,10 +79,14 @@ class FBCConfig:
     """One body for all cameras instead of one per camera."""
     emb_dim: int = 256
     """Output of the 2-layer projection of image features + low-dim observations."""
-    random_crop: bool = False
-    """Random crops in training (centre crop in rollouts); turns the feature cache off."""
+    random_crop: bool | None = None
+    """Random crops in training, the centre crop otherwise; default (None): on when the
+    images are larger than crop_size (Lift's 84x84 are), True: on (or an error), False: off."""
     crop_size: int = 76
-    """Side of the crop when random_crop is on."""
+    """Side of the crops (76 of 84: robomimic's)."""
+    cache_crops: int = 9
+    """With crops and a frozen part: crops cached per frame, an n x n grid of offsets with
+    n odd (1, 9, 25, 49, 81, ...), centre included; training draws one of them per sample."""
     chunk_length: int = 16
     """Actions predicted per policy query."""
     action_horizon: int = 8
@@ -106,6 +122,12 @@ class FBCConfig:
             )
         if self.flow_steps < 1:
             raise ConfigError(f"flow_steps must be >= 1, got {self.flow_steps}")
+        side = math.isqrt(max(self.cache_crops, 0))
+        if self.cache_crops < 1 or side * side != self.cache_crops or side % 2 == 0:
+            raise ConfigError(
+                f"--agent.cache_crops={self.cache_crops} is out of range; allowed: an odd "
+                f"number squared (1, 9, 25, 49, 81, ...), an n x n grid of crops around the centre"
+            )
         positive("agent.lr", self.lr)
         positive("agent.backbone_lr", self.backbone_lr)
         at_least_finite("agent.weight_decay", self.weight_decay, 0.0)
@@ -147,10 +169,19 @@ class FBCConfig:
 
     @property
     def uses_feature_cache(self) -> bool:
-        """A frozen part and no augmentation: what the frozen part computes from a frame is
-        a constant, computed once per frame (the pooled features with freeze_mode=all, the
-        maps entering the trainable blocks with until_layer3 / last_block)."""
-        return self.encoder_config.freeze_mode != "none" and not self.random_crop
+        """A frozen part: what it computes from a frame (each of the frame's cache_crops
+        crops, with crops on) is a constant, computed once (the pooled features with
+        freeze_mode=all, the maps entering the trainable blocks with until_layer3 /
+        last_block)."""
+        return self.encoder_config.freeze_mode != "none"
+
+    def crop_for(self, height: int, width: int) -> int | None:
+        """The crop side for images of height x width, or None for no crop."""
+        if self.random_crop is False:
+            return None
+        if self.random_crop is None and self.crop_size >= min(height, width):
+            return None  # the default, on images it cannot crop: off
+        return self.crop_size
 
 
 def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
@@ -169,6 +200,65 @@ def crop_images(x: torch.Tensor, size: int, random: bool) -> torch.Tensor:
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return x[batch, chans, rows, cols]
+
+
+@dataclass(frozen=True)
+class CropGrid:
+    """The crops a feature cache holds per frame: size x size windows whose top-left
+    corners are every (row, col) of rows x cols, in row-major order."""
+
+    size: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @property
+    def corners(self) -> list[tuple[int, int]]:
+        """(top, left) of each crop, in cache order."""
+        return [(top, left) for top in self.rows for left in self.cols]
+
+    @property
+    def count(self) -> int:
+        """K, the crops per frame."""
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def centre(self) -> int:
+        """Index of crop_images' centre crop (the middle offset of each axis, n odd)."""
+        return (len(self.rows) // 2) * len(self.cols) + len(self.cols) // 2
+
+    def crop(self, images: torch.Tensor, k: int) -> torch.Tensor:
+        """Crop k of every image in B x C x H x W."""
+        top, left = self.corners[k]
+        return images[:, :, top : top + self.size, left : left + self.size]
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A B x C x H x W tensor laid out channels-last (and not also plainly contiguous)."""
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def crop_grid(height: int, width: int, size: int, count: int) -> CropGrid:
+    """`count` = n x n crops of `size` spread evenly over the offsets of height x width images:
+    floor(i * (H - size) / (n - 1)) for i < n on each axis; with n odd the middle one is
+    (H - size) // 2, crop_images' centre. A one-line error when an axis has < n offsets."""
+    n = math.isqrt(count)
+    span = min(height, width) - size
+    if n > span + 1:
+        most = span + 1 if span % 2 == 0 else span  # the largest odd n that fits
+        raise ValueError(
+            f"--agent.cache_crops={count} needs {n} crop offsets per axis but {height}x{width} "
+            f"images cropped to {size} have {span + 1}; pick --agent.cache_crops <= {most * most}"
+        )
+
+    def offsets(side: int) -> tuple[int, ...]:
+        span = side - size
+        return tuple(i * span // (n - 1) for i in range(n)) if n > 1 else (span // 2,)
+
+    return CropGrid(size, offsets(height), offsets(width))
 
 
 class ImageChunkSpec(Protocol):
@@ -216,6 +306,9 @@ class ObsEncoder(nn.Module):
             )
         mean = torch.cat([torch.tensor(spec.lowdim_mean[k]) for k in self.lowdim_keys])
         std = torch.cat([torch.tensor(spec.lowdim_std[k]) for k in self.lowdim_keys])
+        shape = spec.image_shape
+        self.crop_size = cfg.crop_for(int(shape[1]), int(shape[2])) if self.image_keys else None
+        """Side of the crops (random in training, the centre otherwise), None for none."""
         self.register_buffer("lowdim_mean", mean.float())
         # A constant dimension (std 0) must not blow up: floor the scale.
         self.register_buffer("lowdim_std", std.float().clamp_min(1e-3))
@@ -228,16 +321,16 @@ class ObsEncoder(nn.Module):
         """The body that encodes camera key."""
         return self.bodies["shared"] if self.cfg.share_encoder else self.bodies[key]
 
+    def crop(self, images: torch.Tensor) -> torch.Tensor:
+        """Random crops in training, the centre crop otherwise (or the images, with no crop)."""
+        if self.crop_size is None:
+            return images
+        return crop_images(images, self.crop_size, random=self.training)
+
     def frozen_part(self, key: str, images: torch.Tensor) -> torch.Tensor:
         """What the frozen part of camera key's body computes from its images (crops first):
         what the feature cache stores (see ResNetEncoder.frozen_prefix)."""
-        crop = self.cfg.random_crop
-        images = (
-            crop_images(images, self.cfg.crop_size, random=crop and self.training)
-            if crop
-            else images
-        )
-        return self.body(key).frozen_prefix(images)
+        return self.body(key).frozen_prefix(self.crop(images))
 
     def image_features(self, key: str, frozen: torch.Tensor) -> torch.Tensor:
         """Features of one camera from frozen_part's output (runs the trainable suffix)."""
@@ -444,11 +537,21 @@ def upgrade_ema_state(
 
 
 class CachedFeatureData:
-    """Wraps task data: batches carry the frozen bodies' outputs instead of images."""
+    """Wraps task data: batches carry the frozen parts' outputs instead of images.
 
-    def __init__(self, data: ImageFrames, features: dict[str, torch.Tensor]) -> None:
+    `features[camera]` is N x ... (one per frame), or N x K x ... with a crop grid (one per
+    frame and crop). With a grid, sample_indices returns B x 2 (sample, crop) rows, the crop
+    drawn uniformly with the same generator after the samples, so the sample indices are
+    those of the wrapped data; batch() takes those rows, or sample indices alone for the
+    centre crop (what evaluation and the held-out loss read).
+    """
+
+    def __init__(
+        self, data: ImageFrames, features: dict[str, torch.Tensor], grid: CropGrid | None = None
+    ) -> None:
         self.data = data
         self.features = features
+        self.grid = grid
         self.spec = data.spec
         self.num_samples = data.num_samples
         self.device = data.device
@@ -456,22 +559,42 @@ class CachedFeatureData:
     def describe(self) -> str:
         """The wrapped data's description plus the cache's size."""
         mb = sum(f.numel() * f.element_size() for f in self.features.values()) / 2**20
+        what = "frozen features cached"
+        if self.grid is not None:
+            g = self.grid
+            what = (
+                f"frozen features of {g.count} {g.size}x{g.size} crops per frame (offsets "
+                f"{list(g.rows)} x {list(g.cols)}) cached"
+            )
         first, newline, rest = self.data.describe().partition("\n")
-        return f"{first}; frozen features cached ({mb:.0f} MiB){newline}{rest}"
+        return f"{first}; {what} ({mb:.0f} MiB){newline}{rest}"
 
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Uniform sample indices, as the wrapped data draws them."""
-        return self.data.sample_indices(batch_size, generator)
+        """Uniform sample indices, as the wrapped data draws them, and with a crop grid a
+        uniform crop per sample: B x 2 (sample, crop) rows."""
+        idx = self.data.sample_indices(batch_size, generator)
+        if self.grid is None:
+            return idx
+        crop = torch.randint(
+            self.grid.count, (batch_size,), generator=generator, device=generator.device
+        )
+        return torch.stack([idx, crop.to(idx.device)], dim=1)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A batch of `batch_size` random samples."""
+        """A batch of `batch_size` random samples (random crops with a grid)."""
         return self.batch(self.sample_indices(batch_size, generator))
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Samples by index, without images, with features/<camera> from the cache."""
+        """Samples by index (or by sample_indices' (sample, crop) rows), without images,
+        with features/<camera> from the cache: the centre crop's unless rows say which."""
+        crop: torch.Tensor | int | None = None
+        if idx.ndim == 2:
+            idx, crop = idx.unbind(1)
+        elif self.grid is not None:
+            crop = self.grid.centre
         batch = self.data.batch(idx, images=False)
         for key, feats in self.features.items():
-            batch[f"features/{key}"] = feats[idx]
+            batch[f"features/{key}"] = feats[idx] if crop is None else feats[idx, crop]
         return batch
 
 
@@ -496,6 +619,12 @@ class FBCAgent(nn.Module):
         self.cfg = cfg
         self.device = torch.device(device)
         self.policy = FlowPolicy(cfg, spec)
+        crop = self.policy.encoder.crop_size
+        self.crop_grid: CropGrid | None = None
+        """The crops a feature cache holds per frame (frozen part and crops), else None."""
+        if cfg.uses_feature_cache and crop is not None:
+            height, width = (int(d) for d in spec.image_shape[1:])
+            self.crop_grid = crop_grid(height, width, crop, cfg.cache_crops)
         self.ema = EMAPolicy(self.policy, cfg.ema_decay) if cfg.ema else None
         self.to(self.device)
         self.optimizer = build_optimizer(
@@ -602,24 +731,50 @@ class FBCAgent(nn.Module):
         return self.sample_chunks(obs)[:, : self.cfg.action_horizon]
 
     @torch.no_grad()
-    def frozen_features(self, data: ImageFrames) -> dict[str, torch.Tensor]:
-        """Every frame's frozen-prefix output per camera, batched on the device, in data order."""
+    def frozen_features(
+        self, data: ImageFrames, grid: CropGrid | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every frame's frozen-part output per camera, batched on the device, in data order:
+        N x ... (eval mode: the centre crop, with crops on), or N x K x ... for the crops of
+        `grid`."""
         enc = self.policy.encoder
         was_training = self.training
         self.eval()
         out: dict[str, list[torch.Tensor]] = {k: [] for k in enc.image_keys}
+        channels_last = dict.fromkeys(enc.image_keys, False)
         bs = self.cfg.cache_batch_size
         starts = range(0, data.num_samples, bs)
         for start in tqdm(starts, desc="embedding frames (frozen encoder)", unit="batch"):
             idx = torch.arange(start, min(start + bs, data.num_samples), device=data.device)
             batch = data.batch(idx)
             for key in enc.image_keys:
-                out[key].append(enc.frozen_part(key, batch[f"obs/{key}"]))
+                images = batch[f"obs/{key}"]
+                if grid is None:
+                    out[key].append(enc.frozen_part(key, images))
+                    continue
+                body = enc.body(key)
+                crops = [body.frozen_prefix(grid.crop(images, k)) for k in range(grid.count)]
+                # Maps that some kernels (CPU) give channels-last are stored B x K x h x w x C,
+                # so that a row read back has their layout: the trainable blocks then pick
+                # the kernels, and the rounding, that they pick on the live maps.
+                channels_last[key] = is_channels_last(crops[0])
+                if channels_last[key]:
+                    crops = [c.permute(0, 2, 3, 1) for c in crops]
+                out[key].append(torch.stack(crops, dim=1))
         self.train(was_training)
-        return {k: torch.cat(v) for k, v in out.items()}
+        # torch.cat keeps a 4-d map's layout (channels-last or not).
+        cache = {k: torch.cat(v) for k, v in out.items()}
+        return {k: v.permute(0, 1, 4, 2, 3) if channels_last[k] else v for k, v in cache.items()}
 
-    def prepare(self, data: ImageFrames) -> ImageFrames | CachedFeatureData:
-        """Cache frozen features when they are constants; otherwise return data as is."""
+    def prepare(
+        self, data: ImageFrames, held_out: bool = False
+    ) -> ImageFrames | CachedFeatureData:
+        """Cache what the frozen part computes when there is one; otherwise return data as is.
+
+        With crops, the cache holds the crop grid's K crops per frame; `held_out` data is
+        only ever read at the centre crop, so its cache holds that one alone.
+        """
         if not self.cfg.uses_feature_cache:
             return data
-        return CachedFeatureData(data, self.frozen_features(data))
+        grid = None if held_out else self.crop_grid
+        return CachedFeatureData(data, self.frozen_features(data, grid), grid)

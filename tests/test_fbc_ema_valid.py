@@ -288,7 +288,8 @@ def test_missing_filter_key_is_one_line_error_at_start(tmp_path, split_task):
     message = str(err.value)
     assert "\n" not in message
     assert f"dataset {path} has no filter key mask/operator_7 (its filter keys: operator_0, " \
-           "operator_1, train, valid)" == message
+           "operator_0_train, operator_0_valid, operator_1, operator_1_train, operator_1_valid, " \
+           "train, valid)" == message
     assert not out.exists()
 
 

@@ -75,6 +75,10 @@ class HeldOutScorer(Protocol):
         """Metrics over every sample of `data`, same noise at every call."""
         ...
 
+    def prepare(self, data: BCData, held_out: bool = False) -> BCData:
+        """As BCAgent.prepare; held_out: prepared for scoring only (e.g. no augmentation)."""
+        ...
+
 
 @dataclass(frozen=True)
 class EvalResult:
