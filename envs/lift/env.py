@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from envs.lift.env_args import (
+    ARM_DEFAULTS,
     installed_robosuite_version,
     normalize_env_args,
     robosuite_generation,
@@ -114,24 +115,8 @@ class RenderSettings:
         return asdict(self)
 
 
-_OSC_POSE = {
-    "type": "OSC_POSE",
-    "input_max": 1,
-    "input_min": -1,
-    "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
-    "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
-    "kp": 150,
-    "damping_ratio": 1,
-    "impedance_mode": "fixed",
-    "kp_limits": [0, 300],
-    "damping_ratio_limits": [0, 10],
-    "position_limits": None,
-    "orientation_limits": None,
-    "uncouple_pos_ori": True,
-    "control_delta": True,
-    "interpolation": None,
-    "ramp_ratio": 0.2,
-}
+# robomimic's lift files (robosuite 1.4): OSC_POSE deltas with robosuite's default settings.
+_OSC_POSE = {"type": "OSC_POSE", **ARM_DEFAULTS["OSC_POSE"], "control_delta": True}
 
 
 def default_env_args(

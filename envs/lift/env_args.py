@@ -30,7 +30,7 @@ from dataclasses import dataclass
 # robosuite's default arm-controller settings (its osc_pose.json / osc_position.json): the
 # same numbers in 1.4 and 1.5, which differ only in how they say delta vs absolute.
 # They fill what a file leaves out: 1.4 fails on a missing `interpolation` key.
-_ARM_DEFAULTS = {
+ARM_DEFAULTS = {
     "OSC_POSE": {
         "input_max": 1,
         "input_min": -1,
@@ -62,7 +62,7 @@ _ARM_DEFAULTS = {
         "ramp_ratio": 0.2,
     },
 }
-SUPPORTED_CONTROLLERS = tuple(_ARM_DEFAULTS)
+SUPPORTED_CONTROLLERS = tuple(ARM_DEFAULTS)
 # Keys that say which controller and how its actions read, in one generation's words;
 # ArmController holds them as fields, never as settings passed to the other generation.
 _FORM_KEYS = ("type", "control_delta", "input_type", "input_ref_frame", "gripper")
@@ -167,7 +167,7 @@ def _read_composite(config: dict) -> ArmController:
 
 
 def _check_arm_type(controller: str | None) -> None:
-    if controller not in _ARM_DEFAULTS:
+    if controller not in ARM_DEFAULTS:
         raise ValueError(
             f"env_args' arm controller {controller!r} is not supported here (supported: "
             f"{', '.join(SUPPORTED_CONTROLLERS)}); use demos recorded with one of them"
@@ -175,7 +175,7 @@ def _check_arm_type(controller: str | None) -> None:
 
 
 def _settings(part: dict) -> dict:
-    settings = copy.deepcopy(_ARM_DEFAULTS[part["type"]])
+    settings = copy.deepcopy(ARM_DEFAULTS[part["type"]])
     settings.update({k: copy.deepcopy(v) for k, v in part.items() if k not in _FORM_KEYS})
     if settings["impedance_mode"] != "fixed":
         # Variable impedance adds gains to every action: another action size.
