@@ -301,3 +301,14 @@ def test_report_lists_what_it_leaves_out(tmp_path, monkeypatch):
                                "--higher_is_better=False", "--out", str(tmp_path / "low")])
     a, b = rep.labels
     assert rep_low.improvement[(a, b)][0] == rep.improvement[(b, a)][0]
+
+
+def test_seed_placeholder_in_fixed_flags_is_each_runs_seed(tmp_path):
+    """Two-stage studies: stage 2's seed s reads stage 1's run of seed s."""
+    runs = sweep_mod.plan({"agent.freeze_encoder": ["True", "False"]}, [0, 2],
+                          ["--agent.encoder_checkpoint=st1/seed={seed}/last.pt", "--x=1"],
+                          tmp_path)
+    for run in runs:
+        assert f"--agent.encoder_checkpoint=st1/seed={run.seed}/last.pt" in run.flags
+        assert "--x=1" in run.flags
+    assert len({r.name for r in runs}) == 4

@@ -4,8 +4,10 @@
         --grid backbone.freeze_mode=all,until_layer3,last_block -- --ppo.total_timesteps=200000
     python -m training.report runs/study1
 
-Everything after `--` is passed unchanged to every run ("fixed flags"); each `--grid
-FLAG=V1,V2,...` adds a dimension (values hold no commas). The sweep sets each run's
+Everything after `--` is passed to every run ("fixed flags"), with `{seed}` replaced by
+the run's seed (a two-stage study: `--agent.encoder_checkpoint=runs/stage1/seed={seed}/
+checkpoints/last.pt` gives each stage-2 seed the stage-1 run of the same seed); each
+`--grid FLAG=V1,V2,...` adds a dimension (values hold no commas). The sweep sets each run's
 `--seed`, `--output_dir`, `--threads` and, unless the fixed flags do, `--wandb.group` (the
 sweep directory's name), so the fixed flags may not set the first three.
 
@@ -185,7 +187,8 @@ def plan(grid: dict[str, list[str]], seeds: Sequence[int], fixed: Sequence[str],
         parts = [f"{k}={quote(v, safe='=.,+-_:@')}" for k, v in config.items()]
         for seed in seeds:
             name = "/".join([*parts, f"seed={seed}"])
-            flags = [*fixed, *(f"--{k}={v}" for k, v in config.items()), f"--seed={seed}",
+            own = [arg.replace("{seed}", str(seed)) for arg in fixed]
+            flags = [*own, *(f"--{k}={v}" for k, v in config.items()), f"--seed={seed}",
                      f"--output_dir={root / name}", *group]
             runs.append(RunSpec(name, config, seed, flags))
     return runs
