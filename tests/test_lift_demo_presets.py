@@ -15,17 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from envs.lift import demos
-from envs.lift.demos import (
-    LEVELS,
-    PRESETS,
-    Operator,
-    RobomimicWriter,
-    ScriptedLiftPolicy,
-    make_operators,
-    operator_masks,
-)
+from envs.lift import demos, scripted
+from envs.lift.demos import RobomimicWriter, operator_masks
 from envs.lift.env import default_env_args
+from envs.lift.scripted import LEVELS, PRESETS, Operator, ScriptedLiftPolicy, make_operators
 
 TABLE_Z = 0.8
 
@@ -114,7 +107,7 @@ def run_kinematic(op: Operator, seed: int, max_steps: int = 400) -> dict:
         "success": success,
         "recoveries": policy.recoveries,
         "path": np.array(path),
-        "yaw_error": demos._wrap(grasp_yaw - env.cube_yaw, np.pi / 2),
+        "yaw_error": scripted._wrap(grasp_yaw - env.cube_yaw, np.pi / 2),
     }
 
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_scripted_controller_lifts_the_cube():
     from envs.lift import LiftEnv, default_env_args
-    from envs.lift.demos import ScriptedLiftPolicy, make_operators, run_demo
+    from envs.lift.demos import run_demo
+    from envs.lift.scripted import ScriptedLiftPolicy, make_operators
 
     env = LiftEnv(default_env_args(cameras=()), use_images=False)
     rng = np.random.default_rng(0)
