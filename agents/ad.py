@@ -39,9 +39,10 @@ from training.ranges import ConfigError, at_least, below, positive
 class ADConfig:
     """Algorithm Distillation transformer."""
 
-    context_episodes: int = 4
+    context_episodes: int = 8
     """Complete episodes before the current one that the transformer sees (0: only the
-    current episode)."""
+    current episode). 8 was chosen on the validation goals of the context ablation
+    (docs/darkroom.md#context-ablation)."""
     d_model: int = 64
     """Embedding width."""
     n_layer: int = 4
