@@ -341,3 +341,57 @@ def test_robosuite_15_runs_old_configs_as_its_refactor_would_with_delta_kept():
         assert (arm.input_type, arm.input_ref_frame) == ("absolute", "world")
     finally:
         env.close()
+
+
+# -- training and evaluating on either generation's file ------------------------------------
+
+
+def image_file(path: Path, env_args: dict, size: int = 32, lengths=(9, 7, 8)) -> Path:
+    """A robomimic-layout image file (random frames at `size`) carrying these env_args, with
+    the cameras switched on as an image file's env_args has them."""
+    from envs.lift.demos import RobomimicWriter
+    from envs.lift.env import CAMERAS
+
+    env_args = json.loads(json.dumps(env_args))
+    env_args["env_kwargs"].update(
+        has_offscreen_renderer=True, use_camera_obs=True, camera_names=list(CAMERAS),
+        camera_heights=size, camera_widths=size)
+    rng = np.random.default_rng(0)
+    dims = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10}
+    writer = RobomimicWriter(path, env_args)
+    for n in lengths:
+        obs = {k: rng.normal(size=(n, d)) for k, d in dims.items()}
+        for cam in CAMERAS:
+            obs[f"{cam}_image"] = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+        writer.add_demo(states=rng.normal(size=(n, 32)), actions=rng.uniform(-1, 1, (n, 7)),
+                        rewards=np.zeros(n), dones=(np.arange(n) == n - 1).astype(np.int64),
+                        obs=obs, next_obs=obs)
+    writer.close()
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", GENERATIONS.values(), ids=GENERATIONS.keys())
+def test_a_file_of_either_generation_trains_and_evaluates(tmp_path, make, monkeypatch):
+    """train_bc.py end to end on a small image file: fbc trains, then rolls out in the
+    robosuite env its env_args make (horizon 10), and keeps its weights."""
+    import train_bc
+    from envs import bc_tasks
+
+    task = bc_tasks.BCTask("lift-generation", "envs.lift.dataset:make_data",
+                           "envs.lift.evaluation:make_evaluator", "fbc", {},
+                           {"variant": "scripted", "image_size": 32, "horizon": 10,
+                            "filter_key": "auto"}, agent_fields=("chunk_length",))
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "lift-generation", task)
+    path = image_file(tmp_path / "gen.hdf5", make())
+    out = tmp_path / "run"
+    metrics = train_bc.train(train_bc.parse_args([
+        "--env_name=lift-generation", f"--dataset={path}", f"--output_dir={out}",
+        "--device=cpu", "--wandb.mode=disabled", "--offline_steps=2", "--batch_size=4",
+        "--eval_interval=0", "--eval_episodes=1", "--eval_workers=1",
+        "--agent.pretrained_encoder=False", "--agent.share_encoder=True",
+        "--agent.chunk_length=4", "--agent.action_horizon=2", "--agent.hidden_dim=32",
+        "--agent.num_layers=1", "--agent.emb_dim=16"]))
+    assert metrics["eval/success_rate"] == 0.0  # random weights, 10 steps: no lift
+    assert metrics["eval/episode_length"] == 10 and metrics["eval/num_episodes"] == 1
+    assert (out / "checkpoints" / "last.pt").is_file()
