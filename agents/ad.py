@@ -70,14 +70,9 @@ class ADConfig:
         check_transformer_ranges(self)
 
     @property
-    def compressed_episodes(self) -> int:
+    def prefix_episodes(self) -> int:
         """Older episodes compressed before the context: none for AD (its data windows)."""
         return 0
-
-    @property
-    def compression_depth(self) -> int:
-        """Chunks of compressed episodes: one (of none) for AD (its data windows)."""
-        return 1
 
 
 class GridHistorySpec(Protocol):

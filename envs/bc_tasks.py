@@ -84,8 +84,8 @@ _DARKROOM_DEFAULTS = {
 }
 _DARKROOM_DATA = "envs.darkroom.dataset:make_data"
 _DARKROOM_EVALUATOR = "envs.darkroom.evaluation:make_evaluator"
-# The data windows are sized by the agent's context (and compressed prefix: chunks x depth).
-_DARKROOM_AGENT_FIELDS = ("context_episodes", "compressed_episodes", "compression_depth")
+# The data windows are sized by the agent's context and compressed prefix (in episodes).
+_DARKROOM_AGENT_FIELDS = ("context_episodes", "prefix_episodes")
 # goals: the held-out split evaluated in context (train_bc.py --eval_goals=valid|test).
 for _env, _episodes in (("darkroom", 100), ("darkroom-hard", 100), ("dark-key-to-door", 60)):
     register_bc_task(BCTask(_env, _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",

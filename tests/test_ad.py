@@ -37,13 +37,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def data_for_cache(cfg, cache_dir: Path):
     return make_data(None, device=CPU, seed=0, cache_dir=cache_dir,
                      context_episodes=cfg.context_episodes,
-                     compressed_episodes=cfg.compressed_episodes)
+                     prefix_episodes=cfg.prefix_episodes)
 
 
 def data_for(cfg, histories: Path):
     return make_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
                      context_episodes=cfg.context_episodes,
-                     compressed_episodes=cfg.compressed_episodes)
+                     prefix_episodes=cfg.prefix_episodes)
 
 
 def tiny_stage1(histories: Path, tmp_path: Path, **kw) -> Path:

@@ -45,8 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def data_for(cfg, path):
     return make_data(str(path), device=CPU, seed=0, cache_dir=path.parent,
                      context_episodes=cfg.context_episodes,
-                     compressed_episodes=cfg.compressed_episodes,
-                     compression_depth=cfg.compression_depth)
+                     prefix_episodes=cfg.prefix_episodes)
 
 
 def as_set(tasks) -> set[tuple[int, ...]]:

@@ -66,7 +66,7 @@ def test_ad_update_has_no_host_read(histories):
     cfg = ADConfig(context_episodes=1, d_model=32, n_layer=1, n_head=2, lr_decay_steps=100)
     data = make_darkroom_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
                               context_episodes=cfg.context_episodes,
-                              compressed_episodes=cfg.compressed_episodes)
+                              prefix_episodes=cfg.prefix_episodes)
     step_twice(ADAgent(cfg, data.spec, CPU), data)
 
 
@@ -75,7 +75,7 @@ def test_compressed_ad_update_has_no_host_read(histories):
                                      encoder_layers=1, recon_layers=1)
     data = make_darkroom_data(str(histories), device=CPU, seed=0, cache_dir=histories.parent,
                               context_episodes=cfg.context_episodes,
-                              compressed_episodes=cfg.compressed_episodes)
+                              prefix_episodes=cfg.prefix_episodes)
     step_twice(CompressedADPretrainAgent(cfg, data.spec, CPU), data)
 
 

@@ -154,8 +154,7 @@ def _histories_for(env: str, dataset: str | None, cache_dir: Path,
 
 def without_validation_tasks(hist: Histories) -> tuple[Histories, int]:
     """The histories less those on validation tasks, and how many were left out."""
-    keep = ~held_out_mask(hist.grid, torch.from_numpy(hist.tasks.astype("int64")),
-                          "valid").numpy()
+    keep = ~held_out_mask(hist.grid, hist.tasks, "valid").numpy()
     if keep.all():
         return hist, 0
     kept = dataclasses.replace(
@@ -166,15 +165,14 @@ def without_validation_tasks(hist: Histories) -> tuple[Histories, int]:
 
 
 def make_data(dataset: str | None, *, device: torch.device, seed: int, cache_dir: Path,
-              context_episodes: int, compressed_episodes: int, compression_depth: int = 1,
+              context_episodes: int, prefix_episodes: int,
               env: str = "darkroom") -> DarkroomHistoryData:
-    """Histories for `env` as windows of the agent's context: `compressed_episodes x
-    compression_depth` older episodes, `context_episodes` complete ones and the current
-    one (see the module docstring). Histories on validation tasks are left out and ones
+    """Histories for `env` as windows of the agent's context: `prefix_episodes` older
+    episodes (compressed AD's: compressed_episodes x compression_depth), `context_episodes`
+    complete ones and the current one (see the module docstring). Histories on validation tasks are left out and ones
     on test tasks refused. `seed` (the training seed) does not change the data."""
     hist, source = _histories_for(env, dataset, cache_dir, device)
-    leaked = int(held_out_mask(get_grid(env), torch.from_numpy(hist.tasks.astype("int64")),
-                               "test").sum())
+    leaked = int(held_out_mask(get_grid(env), hist.tasks, "test").sum())
     if leaked:
         raise ValueError(f"{source} has {leaked} histories on held-out test tasks")
     hist, dropped = without_validation_tasks(hist)
@@ -184,7 +182,7 @@ def make_data(dataset: str | None, *, device: torch.device, seed: int, cache_dir
     return DarkroomHistoryData(
         hist,
         context_episodes=context_episodes,
-        prefix_episodes=compressed_episodes * compression_depth,
+        prefix_episodes=prefix_episodes,
         device=device,
         source=source,
         dropped_valid=dropped,

@@ -188,12 +188,12 @@ def task_split(grid: GridSpec, split: str) -> torch.Tensor:
 
 
 def held_out_mask(grid: GridSpec, tasks: torch.Tensor, split: str) -> torch.Tensor:
-    """Which of `tasks` (N x D) belong to the held-out split "valid" or "test": N bools."""
+    """Which of `tasks` (N x D, a tensor or an integer array) belong to the held-out split
+    "valid" or "test": N bools."""
     if split not in ("valid", "test"):
         raise ValueError(f"held-out splits are 'valid' and 'test', not {split!r}")
     return _is_in(torch.as_tensor(tasks, dtype=torch.long).reshape(-1, grid.task_dim),
                   task_split(grid, split))
-
 
 
 def oracle_action(grid: GridSpec, pos: torch.Tensor, tasks: torch.Tensor,
