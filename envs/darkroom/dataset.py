@@ -169,8 +169,9 @@ def make_data(dataset: str | None, *, device: torch.device, seed: int, cache_dir
               env: str = "darkroom") -> DarkroomHistoryData:
     """Histories for `env` as windows of the agent's context: `prefix_episodes` older
     episodes (compressed AD's: compressed_episodes x compression_depth), `context_episodes`
-    complete ones and the current one (see the module docstring). Histories on validation tasks are left out and ones
-    on test tasks refused. `seed` (the training seed) does not change the data."""
+    complete ones and the current one (see the module docstring). Histories on validation
+    tasks are left out and ones on test tasks refused. `seed` (the training seed) does not
+    change the data."""
     hist, source = _histories_for(env, dataset, cache_dir, device)
     leaked = int(held_out_mask(get_grid(env), hist.tasks, "test").sum())
     if leaked:
