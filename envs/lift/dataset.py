@@ -195,6 +195,7 @@ class LiftData:
     def __init__(
         self,
         path: Path,
+        env_args: dict,
         *,
         chunk_length: int,
         image_keys: tuple[str, ...],
@@ -204,9 +205,10 @@ class LiftData:
         filter_key: str | None = None,
         horizon: int = HORIZON_PH,
     ) -> None:
+        """env_args: the file's, as check_dataset returned them (make_data checks the file
+        once for its training and valid demos)."""
         from robomimic.utils.dataset import SequenceDataset
 
-        env_args = check_dataset(path, image_keys, lowdim_keys, image_size)
         if filter_key is not None:
             masks = filter_keys(path)
             if filter_key not in masks:
@@ -420,9 +422,11 @@ def make_data(
         path = default_dataset(Path(cache_dir), num_demos, operators, data_seed, preset)
     else:
         path = Path(dataset).expanduser()
+
     def load(key: str | None) -> LiftData:
         return LiftData(
             path,
+            env_args,
             chunk_length=int(chunk_length),
             image_keys=tuple(image_keys),
             lowdim_keys=tuple(lowdim_keys),
@@ -433,7 +437,7 @@ def make_data(
         )
 
     try:
-        check_dataset(path, tuple(image_keys), tuple(lowdim_keys), image_size)  # its errors first
+        env_args = check_dataset(path, tuple(image_keys), tuple(lowdim_keys), image_size)
         train_key, valid_key, note = split_keys(path, filter_key, valid_key)
         data = load(train_key)
         data.valid, data.valid_note = (load(valid_key) if valid_key else None), note
