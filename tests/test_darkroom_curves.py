@@ -66,3 +66,14 @@ def test_other_splits_and_unfinished_runs_are_not_read(tmp_path):
         curves_report(CurvesConfig(str(tmp_path), reps=100))
     out = curves_report(CurvesConfig(str(tmp_path), split="valid", reps=100))
     assert out["runs"] == {"c=a": 3} and out["left_out"] == []
+
+
+def test_bad_split_is_a_one_line_error(tmp_path, capsys):
+    from envs.darkroom.curves import main
+    from training.cli import run_main
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: main([str(tmp_path), "--split=train"]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "split" in err and "train" in err

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -34,8 +35,8 @@ class CurvesConfig:
 
     sweep_dir: tyro.conf.Positional[str]
     """A sweep directory of train_bc.py runs on a Dark Room task."""
-    split: str = "test"
-    """Held-out goals whose evaluations are read (valid or test)."""
+    split: Literal["valid", "test"] = "test"
+    """Held-out goals whose evaluations are read."""
     source: str | None = None
     """Learning histories of the source on the same goals (an .npz), drawn as one more curve."""
     tail: int = 10
