@@ -275,9 +275,11 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         # Each rank steps its own ppo.num_envs environments; total_timesteps counts them all.
         num_iterations = max(1, ppo.total_timesteps // (ppo.batch_size * world.world_size))
         envs = make_engine(cfg.env, ppo.num_envs, device)
-        obs_shape = (cfg.env.channels, cfg.env.image_size, cfg.env.image_size)
+        # env.frame_stack frames on the channel axis; the model encodes each on its own.
+        obs_shape = (cfg.env.frame_stack * cfg.env.channels, cfg.env.image_size,
+                     cfg.env.image_size)
         model = HybridActorCritic(cfg.backbone.encoder_config(), obs_shape, cfg.agent,
-                                  action=durotaxis_action(cfg.env))
+                                  action=durotaxis_action(cfg.env), frames=cfg.env.frame_stack)
         model = model.to(device).eval()
         to_channels_last(model, cfg.run.channels_last)
         optimizer = build_optimizer(model, backbone_lr=cfg.backbone.backbone_lr,

@@ -28,6 +28,14 @@ exactly (no atanh of a saturated value). Actor and critic each get a ResNetEncod
 (or share one). Both start from the same weights (the critic's is a copy of the
 actor's, whatever the source, as two ImageNet loads would be); when both are frozen
 they stay equal forever, so only one is run.
+
+Stacked frames (`frames` > 1, the observation B x (frames*C) x H x W, oldest first) are
+fused late: each frame goes through the same encoder on its own, as (B*frames) x C x H x W,
+and the heads see the frames' features side by side, B x (frames*D). A pretrained body
+thus sees the images it was made for, and the frozen prefix is one map per frame
+(B x frames x ...). The entry script passes `frames` (it knows the environment); it is not
+guessed from the channel count, which could not tell 3 stacked grey frames from one RGB
+image. frames = 1 is the single-frame network, computation and parameter shapes alike.
 """
 
 from __future__ import annotations
@@ -170,16 +178,23 @@ class HybridActorCritic(nn.Module):
         cfg: HybridActorCriticConfig = HybridActorCriticConfig(),
         *,
         action: HybridActionSpec,
+        frames: int = 1,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        in_channels = obs_shape[0]
+        if frames < 1 or obs_shape[0] % frames:
+            raise ValueError(
+                f"observation has {obs_shape[0]} channels, not frames={frames} frames of equal "
+                f"channels"
+            )
+        self.frames = frames
+        in_channels = obs_shape[0] // frames
         self.actor_encoder = ResNetEncoder(encoder_cfg, in_channels)
         self.critic_encoder: ResNetEncoder | None = None
         if not cfg.share_encoder:
             # A copy, not a second load: same weights, buffers and source, loaded once.
             self.critic_encoder = copy.deepcopy(self.actor_encoder)
-        dim, hidden = self.actor_encoder.out_dim, cfg.hidden_dim
+        dim, hidden = self.actor_encoder.out_dim * frames, cfg.hidden_dim
         num_kinds, num_params = len(action.params_used), len(action.param_low)
 
         self.actor_trunk = nn.Sequential(
@@ -290,15 +305,27 @@ class HybridActorCritic(nn.Module):
         return self.encode_from_prefix(self.encode_prefix(obs))
 
     def encode_prefix(self, obs: torch.Tensor) -> torch.Tensor:
-        """What the encoders' frozen part computes (the same for actor and critic)."""
-        return self.actor_encoder.frozen_prefix(self._to_float(obs))
+        """What the encoders' frozen part computes (the same for actor and critic); with
+        frames > 1 one prefix per frame, B x frames x (one frame's prefix)."""
+        if self.frames == 1:
+            return self.actor_encoder.frozen_prefix(self._to_float(obs))
+        b, k = obs.shape[0], self.frames
+        each = obs.reshape(b * k, obs.shape[1] // k, *obs.shape[2:])
+        prefix = self.actor_encoder.frozen_prefix(self._to_float(each))
+        return prefix.reshape(b, k, *prefix.shape[1:])
 
     def encode_from_prefix(self, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(actor features, critic features) from encode_prefix's output."""
-        actor = self.actor_encoder.from_prefix(prefix)
+        actor = self._from_prefix(self.actor_encoder, prefix)
         if self.runs_one_encoder:
             return actor, actor
-        return actor, self.critic_encoder.from_prefix(prefix)
+        return actor, self._from_prefix(self.critic_encoder, prefix)
+
+    def _from_prefix(self, encoder: ResNetEncoder, prefix: torch.Tensor) -> torch.Tensor:
+        """B x (frames*D) features: each frame's through `encoder`, oldest first."""
+        if self.frames == 1:
+            return encoder.from_prefix(prefix)
+        return encoder.from_prefix(prefix.flatten(0, 1)).reshape(prefix.shape[0], -1)
 
     def distribution(self, actor_features: torch.Tensor) -> HybridDistribution:
         """The policy at these features."""

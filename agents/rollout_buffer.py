@@ -5,7 +5,8 @@ time, `compute_returns_and_advantage` runs GAE once the rollout is complete, and
 hands the update a flat dict. When the encoders have a frozen part, the buffer stores what
 that part computed in the rollout (the features with freeze_mode=all, the maps entering
 the trainable blocks with until_layer3 / last_block) instead of the observations, so the
-update runs only what trains.
+update runs only what trains. With stacked frames that is one prefix per frame
+(prefix_shape frames x ...: HybridActorCritic.encode_prefix), K times the memory.
 """
 
 from __future__ import annotations

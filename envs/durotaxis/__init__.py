@@ -2,6 +2,7 @@
 
     config.py         DurotaxisConfig and its presets (easy, standard, hard), the action kinds
     engine.py         DurotaxisEngine (the engines' contract), make_engine (the preset's)
+    frame_stack.py    FrameStack: any engine with its last K frames as the observation
     cluster.py        CellClusters: what both engines share (episodes, cells, actions, state)
     core.py           the hashing RNG, DurotaxisCore (the easy engine)
     migration.py      MigrationCore (the standard and hard engine)
@@ -25,6 +26,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "engine": ("DurotaxisEngine", "make_engine"),
     "core": ("DurotaxisCore", "hash_uniform"),
     "migration": ("MigrationCore",),
+    "frame_stack": ("FrameStack",),
     "gymnasium_env": ("DurotaxisEnv", "DurotaxisVectorEnv"),
     "baselines": ("random_policy", "blind_policy", "readout_policy", "privileged_policy",
                   "heuristic_policy"),

@@ -89,7 +89,10 @@ def readout_policy(gamma: float) -> Policy:
     """Steer along the plane fitted to the observation; otherwise as the blind policy."""
 
     def policy(env: DurotaxisEngine) -> tuple[torch.Tensor, torch.Tensor]:
-        direction = plane_fit_direction(env.observe())
+        # The newest frame only (with frame_stack > 1 the last channels): this bound is what
+        # one frame buys, the same with and without stacking. (A mean over the frames would
+        # blur the cell marks the fit masks out, as the window follows the cluster.)
+        direction = plane_fit_direction(env.observe()[:, -env.config.channels :])
         return _rule_action(env, direction, torch.full((env.num_envs,), gamma,
                                                        device=env.device))
 

@@ -65,6 +65,10 @@ class DurotaxisConfig:
     """Side of the square observation image in pixels."""
     channels: int = 1
     """Observation channels: 1 (stiffness image) or 3 (the same image repeated, like a camera)."""
+    frame_stack: int = 1
+    """Frames per observation, stacked on the channel axis oldest first (frame_stack x
+    channels): standard and hard redraw the observation noise every step, and only a policy
+    that sees several frames can average it out (envs/durotaxis/frame_stack.py)."""
     view_size: float | None = None
     """World units the observation window spans, centred on the cluster's centroid
     (preset: easy 80, standard / hard 64)."""
@@ -142,6 +146,7 @@ class DurotaxisConfig:
         if self.channels not in (1, 3):
             raise ConfigError(f"--env.channels={self.channels} is out of range; allowed: 1 or 3")
         at_least("env.image_size", self.image_size, 8)
+        at_least("env.frame_stack", self.frame_stack, 1)
         at_least("env.max_cells", self.max_cells, 1)
         if not 1 <= self.initial_cells <= self.max_cells:
             raise ConfigError(

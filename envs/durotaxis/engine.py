@@ -1,7 +1,8 @@
 """What a Durotaxis engine offers (`DurotaxisEngine`) and which engine a preset runs.
 
 Two engines share this contract: `DurotaxisCore` (envs/durotaxis/core.py) runs the
-`easy` preset, `MigrationCore` (envs/durotaxis/migration.py) `standard` and `hard`. The
+`easy` preset, `MigrationCore` (envs/durotaxis/migration.py) `standard` and `hard`;
+`FrameStack` (envs/durotaxis/frame_stack.py) wraps either when `frame_stack` > 1. The
 Gymnasium forms, train_ppo.py, the baselines and the pretraining data reach an engine
 only through `make_engine` and these methods.
 """
@@ -37,6 +38,8 @@ class DurotaxisEngine(Protocol):
     def autoreset_step(self, kind: torch.Tensor, params: torch.Tensor, final_obs: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   dict[str, torch.Tensor]]: ...
+    # B x (frame_stack*C) x H x W uint8: what a policy sees now (only the given rows' when
+    # rows is given); with frame_stack > 1 the last frames, oldest first (FrameStack).
     def observe(self, rows: torch.Tensor | None = None) -> torch.Tensor: ...
     def render_rgb(self, index: int = 0, size: int = 256) -> np.ndarray: ...
     def num_cells(self) -> torch.Tensor: ...
@@ -50,11 +53,19 @@ class DurotaxisEngine(Protocol):
 
 def make_engine(config: DurotaxisConfig, num_envs: int,
                 device: torch.device | str = "cpu") -> DurotaxisEngine:
-    """The engine of config.preset with num_envs environments on device."""
+    """The engine of config.preset with num_envs environments on device, its observations
+    stacked over config.frame_stack frames when that is above 1 (FrameStack)."""
+    engine: DurotaxisEngine
     if config.preset == "easy":
         from envs.durotaxis.core import DurotaxisCore
 
-        return DurotaxisCore(config, num_envs, device)
-    from envs.durotaxis.migration import MigrationCore
+        engine = DurotaxisCore(config, num_envs, device)
+    else:
+        from envs.durotaxis.migration import MigrationCore
 
-    return MigrationCore(config, num_envs, device)
+        engine = MigrationCore(config, num_envs, device)
+    if config.frame_stack == 1:
+        return engine
+    from envs.durotaxis.frame_stack import FrameStack
+
+    return FrameStack(engine, config.frame_stack)

@@ -19,7 +19,8 @@ def greedy_policy(model: Any):
     """The deterministic policy as an env -> (kind, params) function.
 
     `model` is anything with `act(obs, deterministic=True)` returning a dict with "kind"
-    (B integers) and "params" (B x 5); obs is the B x C x H x W uint8 observation.
+    (B integers) and "params" (B x 5); obs is the B x C x H x W uint8 observation
+    (C = frame_stack x channels: the engine's stacked frames).
     """
 
     def policy(env: DurotaxisEngine) -> tuple[torch.Tensor, torch.Tensor]:

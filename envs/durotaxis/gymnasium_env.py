@@ -5,7 +5,8 @@ in full: the action space is {"kind": Discrete(3), "params": Box(config.param_lo
 config.param_high)}, finite parameters outside the bounds are clipped, anything else
 outside the space raises ValueError before any environment moves. Registered as
 Durotaxis-v0 (envs/__init__.py); `gymnasium.make("Durotaxis-v0")` is the standard preset,
-`gymnasium.make("Durotaxis-v0", preset="easy")` the first version's task.
+`gymnasium.make("Durotaxis-v0", preset="easy")` the first version's task. With
+`frame_stack=K` an observation is the last K frames on the channel axis (K*C x H x W).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _gym_action(action: Any, batch: int | None,
 
 
 def _observation_space(config: DurotaxisConfig) -> spaces.Box:
-    shape = (config.channels, config.image_size, config.image_size)
+    # With frame_stack > 1 the frames lie on the channel axis, oldest first (FrameStack).
+    shape = (config.frame_stack * config.channels, config.image_size, config.image_size)
     return spaces.Box(0, 255, shape, dtype=np.uint8)
 
 

@@ -15,8 +15,8 @@ from envs.durotaxis.engine import DurotaxisEngine, make_engine
 
 
 def episode_frame(env: DurotaxisEngine, size: int = 256) -> np.ndarray:
-    """Whole substrate (left) beside the agent's observation, upscaled (right)."""
-    obs = env.observe()[0, 0].cpu().numpy()
+    """Whole substrate (left) beside the agent's newest frame, upscaled (right)."""
+    obs = env.observe()[0, -1].cpu().numpy()  # newest last (frame_stack); channels are equal
     scale = max(1, size // obs.shape[0])
     view = np.zeros((size, size), np.uint8)
     big = np.kron(obs, np.ones((scale, scale), np.uint8))[:size, :size]
@@ -33,8 +33,9 @@ def render_episode(
 ) -> dict[str, float]:
     """One episode of one environment seeded `seed` saved as a GIF; its return and outcome.
 
-    `policy_act` maps the 1 x C x H x W uint8 observation to a dict with "kind" (1
-    integer) and "params" (1 x 5), e.g. `partial(model.act, deterministic=True)`.
+    `policy_act` maps the 1 x C x H x W uint8 observation (C = frame_stack x channels)
+    to a dict with "kind" (1 integer) and "params" (1 x 5), e.g.
+    `partial(model.act, deterministic=True)`.
     """
     env = make_engine(env_cfg, 1, device)
     env.reset(seed=seed)
