@@ -67,6 +67,10 @@ class TrainBCConfig(Generic[AgentConfigT]):
     """Held-out goals of the in-context evaluation (Dark Room tasks): valid for every
     budget / learning-rate choice, test for final numbers only, valid+test both (metrics
     under valid/ and test/); None: the task's (test)."""
+    eval_seeds: int | None = None
+    """Evaluation streams per held-out goal (Dark Room tasks), all run as one batch; None:
+    the task's (16). The evaluation's cost grows with goals x seeds (Key-to-Door has 64
+    test goals)."""
     filter_key: str = "auto"
     """robomimic filter key of the demos to train on (Lift tasks): auto = mask/train when
     the file has one, else every demo; all = every demo; any other name = mask/<name>. The
@@ -82,6 +86,8 @@ class TrainBCConfig(Generic[AgentConfigT]):
         at_least("batch_size", self.batch_size, 1)
         for name in ("offline_steps", "eval_interval", "eval_episodes", "eval_workers"):
             at_least(name, getattr(self, name), 0)
+        if self.eval_seeds is not None:
+            at_least("eval_seeds", self.eval_seeds, 1)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
@@ -128,13 +134,19 @@ def data_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
 
 
 def evaluator_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
-    """The task's evaluator options, with --eval_goals where the task has goal splits."""
+    """The task's evaluator options, with --eval_goals / --eval_seeds where the task has goal
+    splits."""
     options = dict(task.evaluator_options)
     if cfg.eval_goals is not None:
         if "goals" not in options:
             raise ValueError(f"--eval_goals: --env_name={task.name} has no held-out goal "
                              f"splits to choose from")
         options["goals"] = cfg.eval_goals
+    if cfg.eval_seeds is not None:
+        if "goals" not in options:
+            raise ValueError(f"--eval_seeds: --env_name={task.name} has no held-out goals to "
+                             f"seed; drop the flag")
+        options["eval_seeds"] = cfg.eval_seeds
     return options
 
 

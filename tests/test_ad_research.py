@@ -149,6 +149,26 @@ def test_eval_goals_flag_reaches_the_evaluator_and_is_refused_where_no_goals(his
         train_bc.evaluator_options(lift, get_bc_task(lift.env_name))
 
 
+def test_eval_seeds_flag_sizes_the_evaluation_and_is_refused_where_no_goals(histories):
+    def options(*flags):
+        cfg = train_bc.parse_args(["--env_name=darkroom", f"--dataset={histories}", *flags])
+        return train_bc.evaluator_options(cfg, get_bc_task(cfg.env_name))
+
+    assert "eval_seeds" not in options()  # the task's default (16) stays the evaluator's
+    opts = options("--eval_seeds=3", "--eval_goals=valid+test")
+    assert opts["eval_seeds"] == 3
+    spec = data_for(ADConfig(context_episodes=1), histories).spec
+    evaluator = make_evaluator(spec, device=CPU, seed=0, num_workers=1, video_dir=None, **opts)
+    assert [e.eval_seeds for e in evaluator.splits] == [3, 3]
+    result = evaluator.run(OracleAgent(evaluator.splits[0].tasks.repeat_interleave(3, 0)), 1)
+    assert result.metrics["valid/return"] == result.metrics["valid/optimal_return"]
+    with pytest.raises(ConfigError, match="eval_seeds"):
+        options("--eval_seeds=0")
+    lift = train_bc.parse_args(["--env_name=lift-scripted-image", "--eval_seeds=4"])
+    with pytest.raises(ValueError, match="--eval_seeds: .* has no held-out goals"):
+        train_bc.evaluator_options(lift, get_bc_task(lift.env_name))
+
+
 # ----- context 0: only the current episode --------------------------------------------------
 
 

@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = {
     "eval_episodes",
     "eval_workers",
     "eval_goals",
+    "eval_seeds",
     "device",
     "threads",
     "amp",
