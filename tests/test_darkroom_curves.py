@@ -77,3 +77,25 @@ def test_bad_split_is_a_one_line_error(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "split" in err and "train" in err
+
+
+def test_a_sweep_without_grid_is_named_by_its_directory_or_label(tmp_path):
+    root = tmp_path / "ad_hard"
+    root.mkdir()
+    runs = {}
+    for seed, curve in enumerate([[0, 1], [0, 3], [0, 5]]):
+        ev = root / f"seed={seed}" / "videos" / "eval_000"
+        ev.mkdir(parents=True)
+        (ev / "in_context_return.json").write_text(json.dumps({
+            "return_per_episode": curve, "goals": "test", "optimal_return": 1.0,
+            "random_return": 0.0}))
+        (root / f"seed={seed}.done").write_text("")
+        runs[f"seed={seed}"] = {"dir": f"seed={seed}", "config": {}, "status": "finished"}
+    (root / "sweep.json").write_text(json.dumps({"entry": "train_bc.py", "grid": {},
+                                                 "runs": runs}))
+    out = curves_report(CurvesConfig(str(root), tail=1, reps=100))
+    assert list(out["estimates"]) == ["ad_hard"]
+    assert out["estimates"]["ad_hard"]["mean"][0] == pytest.approx(3.0)
+    out = curves_report(CurvesConfig(str(root), tail=1, reps=100, label="AD, context 8"))
+    assert list(out["estimates"]) == ["AD, context 8"]
+    assert "| AD, context 8 | 3 |" in (root / "report" / "in_context_test.md").read_text()

@@ -48,6 +48,8 @@ class CurvesConfig:
     """Bootstrap resamples."""
     seed: int = 0
     """Bootstrap seed."""
+    label: str | None = None
+    """Curve label of a sweep without a grid (default: the sweep directory's name)."""
 
 
 def latest_evaluation(run_dir: Path, split: str) -> dict | None:
@@ -58,9 +60,13 @@ def latest_evaluation(run_dir: Path, split: str) -> dict | None:
     return json.loads(files[-1].read_text()) if files else None
 
 
-def sweep_curves(sweep_dir: Path, split: str) -> tuple[dict[str, np.ndarray], dict, list[str]]:
-    """label -> runs x episodes; the references of the split; runs left out (and why)."""
-    _, runs = load_runs(sweep_dir)
+def sweep_curves(sweep_dir: Path, split: str, label: str | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict, list[str]]:
+    """label -> runs x episodes; the references of the split; runs left out (and why).
+    A sweep without a grid has one configuration, named `label` (default: the directory's
+    name) rather than the report's "(no grid)"."""
+    manifest, runs = load_runs(sweep_dir)
+    single = label or sweep_dir.resolve().name
     curves: dict[str, list[list[float]]] = {}
     references: dict = {}
     left_out = []
@@ -70,7 +76,8 @@ def sweep_curves(sweep_dir: Path, split: str) -> tuple[dict[str, np.ndarray], di
             left_out.append(f"{run.name} ({run.status}, no {split} evaluation)"
                             if run.status == "finished" else f"{run.name} ({run.status})")
             continue
-        curves.setdefault(run.label, []).append(data["return_per_episode"])
+        name = run.label if manifest["grid"] else single
+        curves.setdefault(name, []).append(data["return_per_episode"])
         references = {"optimal": data["optimal_return"], "random": data["random_return"]}
     out = {}
     for label, rows in curves.items():
@@ -93,7 +100,7 @@ def source_curve(path: Path, episodes: int) -> np.ndarray:
 def curves_report(cfg: CurvesConfig) -> dict:
     """Figure, markdown table and JSON; returns the JSON."""
     sweep_dir = Path(cfg.sweep_dir)
-    curves, references, left_out = sweep_curves(sweep_dir, cfg.split)
+    curves, references, left_out = sweep_curves(sweep_dir, cfg.split, cfg.label)
     if not curves:
         raise ValueError(f"{sweep_dir}: no finished run has a {cfg.split} evaluation")
     episodes = min(c.shape[1] for c in curves.values())
