@@ -75,6 +75,14 @@ class TrainBCConfig(Generic[AgentConfigT]):
     """robomimic filter key of the demos to train on (Lift tasks): auto = mask/train when
     the file has one, else every demo; all = every demo; any other name = mask/<name>. The
     demos of mask/valid, when held out, give valid/flow_loss at each evaluation."""
+    cameras: tuple[str, ...] | None = None
+    """Cameras the policy sees (Lift tasks), robosuite's names: None = the task's (agentview
+    robot0_eye_in_hand); `--cameras` with no name = none, a low-dim policy (the blind and
+    privileged controls of a study)."""
+    lowdim_keys: tuple[str, ...] | None = None
+    """Low-dim observations the policy reads (Lift tasks): None = the task's proprioception
+    (robot0_eef_pos robot0_eef_quat robot0_gripper_qpos); add `object` for the cube's state,
+    which robomimic's low-dim agents read and a camera policy must infer."""
     cache_dir: str = "~/.cache/rlenc"
     """Where generated default datasets are kept."""
     run: Annotated[RunSettings, tyro.conf.OmitArgPrefixes] = RunSettings()
@@ -88,6 +96,13 @@ class TrainBCConfig(Generic[AgentConfigT]):
             at_least(name, getattr(self, name), 0)
         if self.eval_seeds is not None:
             at_least("eval_seeds", self.eval_seeds, 1)
+        if self.cameras == () and self.lowdim_keys == ():
+            raise ValueError("--cameras and --lowdim_keys are both empty: the policy would "
+                             "see nothing; keep a camera or a low-dim key")
+        bad = [c for c in self.cameras or () if c.endswith("_image")]
+        if bad:
+            raise ValueError(f"--cameras takes camera names, not image keys: use "
+                             f"{' '.join(c[: -len('_image')] for c in bad)}")
 
 
 def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
@@ -123,13 +138,23 @@ def agent_fields(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
 
 
 def data_options(cfg: TrainBCConfig, task: BCTask) -> dict[str, Any]:
-    """The task's data options, with --filter_key where the task reads filter keys."""
+    """The task's data options, with --filter_key where the task reads filter keys and
+    --cameras / --lowdim_keys where it has observation keys to choose."""
     options = dict(task.data_options)
     if "filter_key" in options:
         options["filter_key"] = None if cfg.filter_key == "all" else cfg.filter_key
     elif cfg.filter_key != "auto":
         raise ValueError(f"--filter_key: --env_name={task.name} has no robomimic filter keys; "
                          f"drop the flag")
+    image_keys = None if cfg.cameras is None else tuple(f"{c}_image" for c in cfg.cameras)
+    for flag, key, value in (("--cameras", "image_keys", image_keys),
+                             ("--lowdim_keys", "lowdim_keys", cfg.lowdim_keys)):
+        if value is None:  # the task's own
+            continue
+        if key not in options:
+            raise ValueError(f"{flag}: --env_name={task.name} has no observation keys to "
+                             f"choose; drop the flag")
+        options[key] = value
     return options
 
 

@@ -297,7 +297,9 @@ class ObsEncoder(nn.Module):
         self.lowdim_keys = list(spec.lowdim_keys)
         enc_cfg = cfg.encoder_config
         channels = int(spec.image_shape[0])
-        if cfg.share_encoder:
+        if not self.image_keys:  # a low-dim policy (train_bc.py --cameras): no ResNet at all
+            self.bodies = nn.ModuleDict()
+        elif cfg.share_encoder:
             shared = ResNetEncoder(enc_cfg, channels)
             self.bodies = nn.ModuleDict({"shared": shared})
         else:
@@ -774,7 +776,7 @@ class FBCAgent(nn.Module):
         With crops, the cache holds the crop grid's K crops per frame; `held_out` data is
         only ever read at the centre crop, so its cache holds that one alone.
         """
-        if not self.cfg.uses_feature_cache:
-            return data
+        if not self.cfg.uses_feature_cache or not self.policy.encoder.image_keys:
+            return data  # nothing frozen to run, or no camera to run it on
         grid = None if held_out else self.crop_grid
         return CachedFeatureData(data, self.frozen_features(data, grid), grid)

@@ -106,22 +106,27 @@ _LIFT_DEFAULTS = {
     "save_interval": 5_000,
 }
 _LIFT_DATA = "envs.lift.dataset:make_data"
+# Observation keys (train_bc.py --cameras / --lowdim_keys); None = the data function's
+# defaults: both cameras and the proprioception.
+_LIFT_OBS = {"image_keys": None, "lowdim_keys": None}
 _LIFT_EVALUATOR = "envs.lift.evaluation:make_evaluator"
 # Training samples are action chunks of the agent's chunk_length.
 register_bc_task(BCTask("lift-scripted-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
                         {"variant": "scripted", "num_demos": 100, "operators": 3,
-                         "horizon": 400, "filter_key": "auto"}, agent_fields=("chunk_length",)))
+                         "horizon": 400, "filter_key": "auto", **_LIFT_OBS},
+                        agent_fields=("chunk_length",)))
 # The scripted mh preset: 6 operators x 50 demos of three skill levels, robomimic's masks.
 register_bc_task(BCTask("lift-scripted-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
                         {"variant": "scripted", "preset": "mh", "num_demos": 300,
-                         "horizon": 500, "filter_key": "auto"}, agent_fields=("chunk_length",)))
+                         "horizon": 500, "filter_key": "auto", **_LIFT_OBS},
+                        agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-ph-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
-                        {"variant": "ph", "horizon": 400, "filter_key": "auto"},
+                        {"variant": "ph", "horizon": 400, "filter_key": "auto", **_LIFT_OBS},
                         agent_fields=("chunk_length",)))
 register_bc_task(BCTask("lift-mh-image", _LIFT_DATA, _LIFT_EVALUATOR, "fbc",
                         dict(_LIFT_DEFAULTS),
-                        {"variant": "mh", "horizon": 500, "filter_key": "auto"},
+                        {"variant": "mh", "horizon": 500, "filter_key": "auto", **_LIFT_OBS},
                         agent_fields=("chunk_length",)))

@@ -396,8 +396,8 @@ def make_data(
     filter_key: str | None = "auto",
     valid_key: str | None = "valid",
     horizon: int = HORIZON_PH,
-    image_keys: tuple[str, ...] = IMAGE_KEYS,
-    lowdim_keys: tuple[str, ...] = LOWDIM_KEYS,
+    image_keys: tuple[str, ...] | None = None,
+    lowdim_keys: tuple[str, ...] | None = None,
     image_size: int = IMAGE_SIZE,
 ) -> LiftData:
     """Lift demos as training samples of `chunk_length` actions; dataset None = generated
@@ -408,8 +408,13 @@ def make_data(
     demo; any other key must exist. The demos of mask/<valid_key> become `data.valid`,
     processed the same way, when they are held out (split_keys; else a note in describe()).
 
+    image_keys / lowdim_keys: the observations the policy reads; None = both cameras
+    (IMAGE_KEYS) / the proprioception (LOWDIM_KEYS). () = none of that kind.
+
     The real robomimic files cannot be downloaded here: lift-ph/mh-image need --dataset.
     """
+    image_keys = IMAGE_KEYS if image_keys is None else tuple(image_keys)
+    lowdim_keys = LOWDIM_KEYS if lowdim_keys is None else tuple(lowdim_keys)
     if dataset is None:
         if variant != "scripted":
             url = _robomimic_url(variant)
