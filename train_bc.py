@@ -77,8 +77,8 @@ class TrainBCConfig(Generic[AgentConfigT]):
     demos of mask/valid, when held out, give valid/flow_loss at each evaluation."""
     cameras: tuple[str, ...] | None = None
     """Cameras the policy sees (Lift tasks), robosuite's names: None = the task's (agentview
-    robot0_eye_in_hand); `--cameras` with no name = none, a low-dim policy (the blind and
-    privileged controls of a study)."""
+    robot0_eye_in_hand); `--cameras` with no name = none, a low-dim policy (a study's
+    blind and object-state controls)."""
     lowdim_keys: tuple[str, ...] | None = None
     """Low-dim observations the policy reads (Lift tasks): None = the task's proprioception
     (robot0_eef_pos robot0_eef_quat robot0_gripper_qpos); add `object` for the cube's state,
