@@ -61,21 +61,22 @@ def write_split(
     return path
 
 
+def register_split_task(monkeypatch, **data_options) -> None:
+    """Register lift-split (the real Lift task module at 32x32) with these data options."""
+    task = bc_tasks.BCTask(
+        "lift-split", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator",
+        "fbc", {}, {"variant": "scripted", "image_size": IMAGE, "filter_key": "auto",
+                    **data_options},
+        agent_fields=("chunk_length",),
+    )
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "lift-split", task)
+
+
 @pytest.fixture
 def split_task(monkeypatch):
-    """Register lift-split (the real Lift task module at 32x32) with these data options."""
-
-    def register(**data_options) -> None:
-        task = bc_tasks.BCTask(
-            "lift-split", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator",
-            "fbc", {}, {"variant": "scripted", "image_size": IMAGE, "filter_key": "auto",
-                    **data_options},
-            agent_fields=("chunk_length",),
-        )
-        monkeypatch.setitem(bc_tasks.BC_TASKS, "lift-split", task)
-
-    register()
-    return register
+    """lift-split registered; call the fixture's value to register it with other options."""
+    register_split_task(monkeypatch)
+    return lambda **data_options: register_split_task(monkeypatch, **data_options)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """train_bc.py --cameras / --lowdim_keys: the observations a Lift policy reads, so that a
-study can set its camera policies against a blind one (proprioception only) and a
-privileged one (the cube's state, as robomimic's low-dim agents read it)."""
+study can set its camera policies against a blind one (proprioception only) and an
+object-state one (the cube's pose, as robomimic's low-dim agents read it)."""
 
 from __future__ import annotations
 
@@ -14,23 +14,17 @@ from envs import bc_tasks
 from envs.lift.dataset import IMAGE_KEYS, make_data
 from envs.lift.env import LOWDIM_KEYS
 from tests.test_fbc import CPU
-from tests.test_fbc_ema_valid import IMAGE, TINY, write_split
+from tests.test_fbc_ema_valid import IMAGE, TINY, register_split_task, write_split
 from training.ranges import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-PRIVILEGED = ["--cameras", "--lowdim_keys", *LOWDIM_KEYS, "object"]
+OBJECT_STATE = ["--cameras", "--lowdim_keys", *LOWDIM_KEYS, "object"]
 
 
 @pytest.fixture
 def obs_task(monkeypatch):
     """lift-split (the real Lift data module at 32x32) with the Lift tasks' observation keys."""
-    task = bc_tasks.BCTask(
-        "lift-split", "envs.lift.dataset:make_data", "envs.lift.evaluation:make_evaluator",
-        "fbc", {}, {"variant": "scripted", "image_size": IMAGE, "filter_key": "auto",
-                    "image_keys": None, "lowdim_keys": None},
-        agent_fields=("chunk_length",),
-    )
-    monkeypatch.setitem(bc_tasks.BC_TASKS, "lift-split", task)
+    register_split_task(monkeypatch, image_keys=None, lowdim_keys=None)
 
 
 def options(*flags: str, env: str = "lift-split") -> dict:
@@ -44,8 +38,9 @@ def test_flags_choose_the_keys_the_data_reads(obs_task):
     assert options("--cameras", "agentview")["image_keys"] == ("agentview_image",)
     blind = options("--cameras")
     assert blind["image_keys"] == () and blind["lowdim_keys"] is None
-    privileged = options(*PRIVILEGED)
-    assert privileged["image_keys"] == () and privileged["lowdim_keys"] == (*LOWDIM_KEYS, "object")
+    object_state = options(*OBJECT_STATE)
+    assert object_state["image_keys"] == ()
+    assert object_state["lowdim_keys"] == (*LOWDIM_KEYS, "object")
     # Every registered Lift task takes them, with the data function's defaults.
     for name in ("lift-scripted-image", "lift-scripted-mh-image", "lift-ph-image"):
         task = bc_tasks.get_bc_task(name)
@@ -93,10 +88,10 @@ def test_a_missing_key_fails_at_start_in_one_line(tmp_path, obs_task):
     assert not out.exists()
 
 
-def test_a_privileged_policy_trains_without_a_resnet(tmp_path, obs_task):
+def test_an_object_state_policy_trains_without_a_resnet(tmp_path, obs_task):
     path = write_split(tmp_path / "d.hdf5")
     out = tmp_path / "run"
-    cfg = train_bc.parse_args([*TINY, *PRIVILEGED, f"--dataset={path}", f"--output_dir={out}",
+    cfg = train_bc.parse_args([*TINY, *OBJECT_STATE, f"--dataset={path}", f"--output_dir={out}",
                                "--offline_steps=3"])
     train_bc.train(cfg)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
