@@ -312,3 +312,18 @@ def test_seed_placeholder_in_fixed_flags_is_each_runs_seed(tmp_path):
         assert f"--agent.encoder_checkpoint=st1/seed={run.seed}/last.pt" in run.flags
         assert "--x=1" in run.flags
     assert len({r.name for r in runs}) == 4
+
+
+def test_report_names_a_sweep_without_a_grid_by_its_directory(tmp_path):
+    """One configuration, no grid flag: its row reads like the sweep it came from."""
+    root = tmp_path / "lift_blind"
+    runs = {}
+    for seed, value in enumerate([0.5, 0.75, 1.0]):
+        name = f"seed={seed}"
+        fake_run(root, name, {"eval/success_rate": value}, [0.1, 0.2], True)
+        runs[name] = {"dir": name, "config": {}, "seed": seed, "status": "finished"}
+    (root / "sweep.json").write_text(json.dumps({"entry": "train_bc.py", "seeds": [0, 1, 2],
+                                                 "grid": {}, "runs": runs}))
+    rep = report_mod.main([str(root), "--reps", "50"])
+    assert rep.labels == ["lift_blind"] and not rep.left_out
+    assert "| lift_blind | 3/3 | 0.750 [" in (root / "report" / "report.md").read_text()

@@ -144,8 +144,9 @@ def final_values(run_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
 
 
-def config_label(config: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in config.items()) or "(no grid)"
+def config_label(config: dict[str, str], sweep_name: str) -> str:
+    """A configuration's grid values; a sweep without a grid has one, named by its directory."""
+    return ", ".join(f"{k}={v}" for k, v in config.items()) or sweep_name
 
 
 def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
@@ -156,12 +157,13 @@ def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
                                 f"python -m training.sweep")
     manifest = json.loads(path.read_text())
     runs = []
+    sweep_name = root.resolve().name
     for name, info in manifest["runs"].items():
         run_dir = root / info["dir"]
         done = ((root / f"{info['dir']}.done").is_file()
                 or (run_dir / "final_metrics.json").is_file())
         status = "finished" if done else info.get("status", "pending")
-        run = RunResult(name, config_label(info["config"]), run_dir, status)
+        run = RunResult(name, config_label(info["config"], sweep_name), run_dir, status)
         if done:
             run.final = final_values(run_dir)
         runs.append(run)

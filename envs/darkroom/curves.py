@@ -64,7 +64,7 @@ def sweep_curves(sweep_dir: Path, split: str, label: str | None = None
                  ) -> tuple[dict[str, np.ndarray], dict, list[str]]:
     """label -> runs x episodes; the references of the split; runs left out (and why).
     A sweep without a grid has one configuration, named `label` (default: the directory's
-    name) rather than the report's "(no grid)"."""
+    name, as the report names it)."""
     manifest, runs = load_runs(sweep_dir)
     single = label or sweep_dir.resolve().name
     curves: dict[str, list[list[float]]] = {}
