@@ -66,7 +66,6 @@ def sweep_curves(sweep_dir: Path, split: str, label: str | None = None
     A sweep without a grid has one configuration, named `label` (default: the directory's
     name, as the report names it)."""
     manifest, runs = load_runs(sweep_dir)
-    single = label or sweep_dir.resolve().name
     curves: dict[str, list[list[float]]] = {}
     references: dict = {}
     left_out = []
@@ -76,7 +75,7 @@ def sweep_curves(sweep_dir: Path, split: str, label: str | None = None
             left_out.append(f"{run.name} ({run.status}, no {split} evaluation)"
                             if run.status == "finished" else f"{run.name} ({run.status})")
             continue
-        name = run.label if manifest["grid"] else single
+        name = label if label and not manifest["grid"] else run.label
         curves.setdefault(name, []).append(data["return_per_episode"])
         references = {"optimal": data["optimal_return"], "random": data["random_return"]}
     out = {}
