@@ -43,13 +43,14 @@ STUDY_FLAGS=(--ppo.total_timesteps=40000 --video=False --eval_episodes=256
 
 case "${1:-}" in
 wheels)
+    mkdir -p .git/info
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_17_x86_64 \
         -d .whl "${WHEELS[@]}"
     ;;
 run)
-    : "${OUT:?run this through the device tool, which sets OUT}"
+    [ -n "${OUT:-}" ] || { echo "run: OUT is unset; run this through the device tool" >&2; exit 2; }
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -80,8 +81,16 @@ run)
         durotaxis_freeze_study_gpu gpu_default_ppo || true
     ;;
 unpack)
+    [ -f "${2:-}/runs.tgz" ] || {
+        echo "unpack: no runs.tgz in '${2:-}'; name the folder the device run returned" >&2
+        exit 2; }
+    for d in durotaxis_freeze_study_gpu gpu_default_ppo; do
+        [ ! -e "$RUNS/$d" ] || {
+            echo "unpack: $RUNS/$d exists; move it away first (nothing was overwritten)" >&2
+            exit 2; }
+    done
     mkdir -p "$RUNS"
-    tar xzf "${2:?name the folder the device run returned (files_at)}/runs.tgz" -C "$RUNS"
+    tar xzf "$2/runs.tgz" -C "$RUNS"
     "$PY" -m training.report "$RUNS/durotaxis_freeze_study_gpu" --metric=eval/mean_return
     ;;
 *)
