@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -30,6 +31,21 @@ _IMAGENET_WEIGHTS = {
 # The ImageNet files whose absence has been reported in this process.
 _WARNED: set[Path] = set()
 
+# urllib waits forever by default; behind a firewall that drops packets instead of refusing
+# them, an offline run would hang at start instead of falling back or saying what is missing.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Bound every socket operation (connect, each read) of the download to `seconds`."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
 
 class ImageNetWeightsUnavailable(RuntimeError):
     """The ImageNet file is neither cached nor downloadable."""
@@ -48,7 +64,7 @@ def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
         # weights_only: torch.hub's default unpickles the cached file, which runs any code in it.
         # torch.hub writes "Downloading: ..." to stderr before it tries; offline that line only
         # precedes our own message, so it is kept off the console.
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=False, weights_only=True)
     except Exception as err:  # URLError, socket errors, HTTP errors, truncated files, pickles
         reason = (str(err).strip().splitlines() or [""])[0][:200]

@@ -9,6 +9,8 @@ import torch
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(2)
+# Taken before any test replaces it (the fixture below does, for every test).
+_REAL_DOWNLOAD = torch.hub.download_url_to_file
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +26,12 @@ def _isolated_torch_home(tmp_path, monkeypatch):
         raise URLError(f"tests run offline: refused to download {url}")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+
+
+@pytest.fixture
+def real_download(monkeypatch):
+    """torch.hub's own downloader back, for a test that serves the URL itself on localhost."""
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _REAL_DOWNLOAD)
 
 
 @pytest.fixture

@@ -209,3 +209,33 @@ def test_spatial_softmax_keypoints():
     enc = make(pooling="spatial_softmax", num_keypoints=8).eval()
     out = enc(torch.rand(2, 3, 64, 64))
     assert enc.out_dim == 16 and out.shape == (2, 16) and out.abs().max() <= 1
+
+
+def test_imagenet_download_that_gets_no_answer_times_out(monkeypatch, real_download):
+    """A server that accepts the connection and never answers (as a dropping firewall
+    would leave it) ends in the one-line error instead of a run that hangs at start."""
+    import socket
+
+    import encoders.weights as weights
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel completes the handshake; nothing ever reads or replies
+    port = silent.getsockname()[1]
+
+    class SilentHub:
+        url = f"http://127.0.0.1:{port}/resnet18-f37072fd.pth"
+
+        def get_state_dict(self, **kwargs):
+            return torch.hub.load_state_dict_from_url(self.url, **kwargs)
+
+    monkeypatch.setitem(weights._IMAGENET_WEIGHTS, "resnet18", SilentHub())
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 0.5)
+    try:
+        with pytest.raises(ImageNetWeightsUnavailable) as info:
+            weights.load_imagenet_state("resnet18")
+    finally:
+        silent.close()
+    message = str(info.value)
+    assert "timed out" in message and "\n" not in message
+    assert socket.getdefaulttimeout() is None  # the process's default is restored
