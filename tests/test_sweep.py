@@ -327,3 +327,39 @@ def test_report_names_a_sweep_without_a_grid_by_its_directory(tmp_path):
     rep = report_mod.main([str(root), "--reps", "50"])
     assert rep.labels == ["lift_blind"] and not rep.left_out
     assert "| lift_blind | 3/3 | 0.750 [" in (root / "report" / "report.md").read_text()
+
+
+def test_a_stop_signal_says_what_happens_and_a_second_kills(tmp_path, capsys):
+    """The first SIGTERM asks the runs to checkpoint and says a second kills them; the
+    second sends SIGKILL (a run that ignores SIGTERM ends only by the second)."""
+    import threading
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    ended = []
+
+    class Launcher(sweep_mod.LocalLauncher):
+        def _start(self, sweep, run, how, running):
+            log = open(tmp_path / "run.log", "a")
+            proc = subprocess.Popen([sys.executable, "-c", stubborn], stdout=log, stderr=log)
+            return sweep_mod.Running(run, proc, log, 0, None)
+
+        def _end(self, sweep, r):
+            r.log.close()
+            ended.append(r.process.returncode)
+
+    def two_signals():
+        for _ in range(2):
+            time.sleep(1.5)  # the child has set SIG_IGN by then
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    launcher = Launcher(jobs=1, threads=1, gpus=[], poll_s=0.05)
+    sender = threading.Thread(target=two_signals)
+    sender.start()
+    with pytest.raises(KeyboardInterrupt):
+        launcher.launch(sweep=None, todo=[("run", "new")])
+    sender.join()
+    out = capsys.readouterr().out
+    assert "stopping: 1 run(s) asked to save a checkpoint and stop (SIGTERM)" in out
+    assert "A second Ctrl-C / SIGTERM kills them" in out
+    assert "killing 1 run(s) now (SIGKILL)" in out
+    assert ended == [-signal.SIGKILL]

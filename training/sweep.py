@@ -361,6 +361,16 @@ class Running:
     started: float = field(default_factory=time.time)
 
 
+def _stop_message(signals: int, running: int) -> str:
+    """What the sweep does on its first and second stop signal, said when it does it
+    (a second one loses each run's work since its last checkpoint)."""
+    if signals == 1:
+        return (f"stopping: {running} run(s) asked to save a checkpoint and stop (SIGTERM); "
+                f"rerun this command to resume them. A second Ctrl-C / SIGTERM kills them "
+                f"at once, losing what they did since their last checkpoint")
+    return f"killing {running} run(s) now (SIGKILL): they resume from their last checkpoint"
+
+
 class LocalLauncher:
     """Up to `jobs` runs at once, subprocesses of this one, each pinned to its threads and GPU."""
 
@@ -385,6 +395,7 @@ class LocalLauncher:
                     kind = signal.SIGTERM if forwarded == 1 else signal.SIGKILL
                     for r in running:
                         r.process.send_signal(kind)
+                    print(_stop_message(forwarded, len(running)), flush=True)
                 time.sleep(self.poll_s)
                 for r in [r for r in running if r.process.poll() is not None]:
                     running.remove(r)
