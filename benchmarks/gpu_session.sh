@@ -36,6 +36,9 @@ DEFAULT_S=${DEFAULT_S:-90}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 RUNS=${RUNS:-runs}
+# What `run` writes under $RUNS and brings back, and what `unpack` will not write over.
+STUDY_DIR=durotaxis_freeze_study_gpu
+DEFAULT_DIR=gpu_default_ppo
 read -r -a EXTRA <<< "${EXTRA:-}"
 read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"
 STUDY_FLAGS=(--ppo.total_timesteps=40000 --video=False --eval_episodes=256
@@ -60,7 +63,7 @@ run)
 
     # 1. the study's GPU rows; three runs at a time share the GPU (each is small)
     timeout -k 20 "$STUDY_S" "$PY" -m training.sweep --entry train_ppo.py \
-        --sweep_dir "$RUNS/durotaxis_freeze_study_gpu" --seeds 0 1 2 --jobs 3 --threads 4 \
+        --sweep_dir "$RUNS/$STUDY_DIR" --seeds 0 1 2 --jobs 3 --threads 4 \
         --grid "backbone.freeze_mode=${MODES}" \
         --grid backbone.weights=random,bodies/durotaxis_standard_r18.pt \
         -- "${STUDY_FLAGS[@]}" 2>&1 | tee "$OUT/study.txt" || true
@@ -73,25 +76,25 @@ run)
     # 3. the README's command, timed (no video/wandb: neither is what is timed)
     start=$SECONDS
     timeout -k 20 "$DEFAULT_S" "$PY" train_ppo.py --backbone.freeze_mode=all --device="$DEVICE" \
-        --video=False --wandb.mode=disabled --output_dir="$RUNS/gpu_default_ppo" "${EXTRA[@]}" 2>&1 \
+        --video=False --wandb.mode=disabled --output_dir="$RUNS/$DEFAULT_DIR" "${EXTRA[@]}" 2>&1 \
         | tail -n 25 | tee "$OUT/default_ppo.txt" || true
     echo "wall $((SECONDS - start)) s (limit $DEFAULT_S s)" | tee -a "$OUT/default_ppo.txt"
 
     tar czf "$OUT/runs.tgz" -C "$RUNS" --exclude=checkpoints --exclude='*.pt' \
-        durotaxis_freeze_study_gpu gpu_default_ppo || true
+        "$STUDY_DIR" "$DEFAULT_DIR" || true
     ;;
 unpack)
     [ -f "${2:-}/runs.tgz" ] || {
         echo "unpack: no runs.tgz in '${2:-}'; name the folder the device run returned" >&2
         exit 2; }
-    for d in durotaxis_freeze_study_gpu gpu_default_ppo; do
+    for d in "$STUDY_DIR" "$DEFAULT_DIR"; do
         [ ! -e "$RUNS/$d" ] || {
             echo "unpack: $RUNS/$d exists; move it away first (nothing was overwritten)" >&2
             exit 2; }
     done
     mkdir -p "$RUNS"
     tar xzf "$2/runs.tgz" -C "$RUNS"
-    "$PY" -m training.report "$RUNS/durotaxis_freeze_study_gpu" --metric=eval/mean_return
+    "$PY" -m training.report "$RUNS/$STUDY_DIR" --metric=eval/mean_return
     ;;
 *)
     sed -n '2,/^set -e/p' "$0" | sed '$d'; exit 2
