@@ -20,6 +20,7 @@ import torch
 import train_bc
 import train_ppo
 import training.checkpoint
+import training.machine
 import training.run
 from tests.test_ppo_reliability import TINY, assert_one_line_error, files_of, run_cli
 from training.checkpoint import load_checkpoint
@@ -182,6 +183,33 @@ def test_resume_with_a_larger_budget_is_accepted_and_recorded(tmp_path, finished
     (resume,) = config["resumes"]
     assert resume["step"] == 8 and resume["changed"] == {"ppo.total_timesteps": [8, 16]}
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 16
+
+
+def test_the_machine_is_recorded_and_a_resume_elsewhere_says_it_will_not_repeat(
+        tmp_path, capsys, monkeypatch, finished_run):
+    """Runs repeat bit for bit only on one CPU type (docs/reliability.md): config.json says
+    where a run began and where each resume went on; a resume on another kind says so."""
+    out = copy_of(finished_run, tmp_path)
+    began = json.loads((out / "config.json").read_text())["machine"]
+    assert began["cpu"] == training.machine.cpu_model() and began["gpu"] is None
+    assert began["torch"] == torch.__version__ and began["cpu_cores"] >= 1
+    other = {**began, "cpu": "Another CPU"}
+    monkeypatch.setattr(training.run, "describe_machine", lambda device: other)
+    capsys.readouterr()
+    train_ppo.main([*TINY, "--ppo.total_timesteps=16", f"--output_dir={out}", "--resume=True"])
+    said = capsys.readouterr()
+    assert (f"note: this run began on {began['cpu']}, torch {torch.__version__} and goes on "
+            f"on Another CPU, torch {torch.__version__}; it will not repeat bit for bit"
+            ) in said.out + said.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["machine"] == began and config["resumes"][0]["machine"] == other
+
+
+def test_cpu_model_reads_proc_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    assert training.machine.cpu_model(info) == "AMD EPYC 7B13"
+    assert training.machine.cpu_model(tmp_path / "absent")  # platform's answer, never empty
 
 
 # ----- one process per run directory ------------------------------------------------------------

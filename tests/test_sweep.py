@@ -20,6 +20,7 @@ import pytest
 from training import report as report_mod
 from training import sweep as sweep_mod
 from training.cli import run_main
+from training.machine import machine_kind
 
 REPO = Path(__file__).resolve().parents[1]
 LRS = ("0.001", "0.0003")
@@ -158,6 +159,9 @@ def test_report_equals_rliable(study, tmp_path, capsys):
     assert poi[(b, a)] == [p_points["ba"], *np.ravel(p_cis["ba"])]
     assert f"| {a} | — | {report_mod.with_ci(poi[(a, b)])} |" in table
     assert "Fewer than 3 runs" in table  # 2 seeds: said plainly
+    kind = machine_kind(json.loads((study["second"] / "config.json").read_text())["machine"])
+    assert saved["machines"] == {kind: list(runs)}  # the resumed run went on where it began
+    assert f"Machine: every run on {kind}." in table
     for png in ("intervals.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Reproducible: the same seed gives the same report.
@@ -363,3 +367,37 @@ def test_a_stop_signal_says_what_happens_and_a_second_kills(tmp_path, capsys):
     assert "A second Ctrl-C / SIGTERM kills them" in out
     assert "killing 1 run(s) now (SIGKILL)" in out
     assert ended == [-signal.SIGKILL]
+
+
+def test_report_says_when_runs_ran_on_more_than_one_machine_kind(tmp_path):
+    """Runs repeat bit for bit only on one CPU type: the report names each kind and its runs
+    (a run resumed elsewhere under both); one kind is one line."""
+    root = tmp_path / "mixed"
+    xeon = {"cpu": "Intel Xeon", "gpu": None, "torch": "2.14.1"}
+    epyc = {"cpu": "AMD EPYC", "gpu": None, "torch": "2.14.1"}
+    records = [{"machine": xeon}, {"machine": xeon},
+               {"machine": xeon, "resumes": [{"step": 8, "machine": epyc}]}]
+    runs = {}
+    for seed, (value, record) in enumerate(zip([0.5, 0.75, 1.0], records, strict=True)):
+        name = f"seed={seed}"
+        fake_run(root, name, {"eval/success_rate": value}, [0.1, 0.2], True)
+        (root / name / "config.json").write_text(json.dumps(record))
+        runs[name] = {"dir": name, "config": {}, "seed": seed, "status": "finished"}
+    (root / "sweep.json").write_text(json.dumps({"entry": "train_ppo.py", "seeds": [0, 1, 2],
+                                                 "grid": {}, "runs": runs}))
+    rep = report_mod.main([str(root), "--reps", "50"])
+    assert rep.machines == {"Intel Xeon, torch 2.14.1": ["seed=0", "seed=1", "seed=2"],
+                            "AMD EPYC, torch 2.14.1": ["seed=2"]}
+    table = (root / "report" / "report.md").read_text()
+    assert "ran on more than one machine kind" in table
+    assert "- AMD EPYC, torch 2.14.1: 1 run(s): seed=2" in table
+    assert json.loads((root / "report" / "report.json").read_text())["machines"] == rep.machines
+    # One kind (and a run from before machines were recorded): said in one line each.
+    (root / "seed=2" / "config.json").write_text(json.dumps({"machine": xeon}))
+    assert report_mod.main([str(root), "--reps", "50"]).machines == {
+        "Intel Xeon, torch 2.14.1": ["seed=0", "seed=1", "seed=2"]}
+    assert "Machine: every run on Intel Xeon, torch 2.14.1." in (
+        root / "report" / "report.md").read_text()
+    (root / "seed=2" / "config.json").write_text("{}")
+    assert report_mod.main([str(root), "--reps", "50"]).machines == {
+        "Intel Xeon, torch 2.14.1": ["seed=0", "seed=1"], "not recorded": ["seed=2"]}

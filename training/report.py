@@ -40,6 +40,7 @@ import numpy as np
 import tyro
 
 from training.cli import parse_config, run_main
+from training.machine import machine_kind
 
 HEADLINE = ("eval/success_rate", r"eval/return_last_\d+_episodes", "eval/return")
 # The training-time counterpart of a headline metric, for the learning curves.
@@ -97,6 +98,9 @@ class RunResult:
     status: str
     final: dict[str, float] = field(default_factory=dict)
     """The last value of every metric (final_metrics.json over metrics.jsonl)."""
+    machines: list[str] = field(default_factory=list)
+    """The machine kinds it ran on (training.machine.machine_kind): where it began, then
+    where each resume went on; empty when its config.json records none."""
 
 
 @dataclass
@@ -115,6 +119,8 @@ class Report:
     improvement: dict[tuple[str, str], list[float]]
     """(x, y) -> [P(x better than y), low, high]."""
     left_out: list[str]
+    machines: dict[str, list[str]] = field(default_factory=dict)
+    """machine kind -> the tabled runs that ran (partly) on it."""
     files: list[Path] = field(default_factory=list)
 
 
@@ -149,6 +155,28 @@ def config_label(config: dict[str, str], sweep_name: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items()) or sweep_name
 
 
+def machines_of(run_dir: Path) -> list[str]:
+    """The machine kinds a run's config.json records: where it began, then each resume."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    records = [config.get("machine")] + [r.get("machine") for r in config.get("resumes", [])]
+    kinds = [machine_kind(m) for m in records if isinstance(m, dict)]
+    return list(dict.fromkeys(kinds))
+
+
+def tabled_machines(runs: list[RunResult], scores: dict[str, np.ndarray]
+                    ) -> dict[str, list[str]]:
+    """machine kind -> the names of the tabled runs made (partly) on it."""
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        if run.status == "finished" and run.label in scores:
+            for kind in run.machines or ["not recorded"]:
+                found.setdefault(kind, []).append(run.name)
+    return found
+
+
 def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
     """The manifest and every planned run, finished or not."""
     path = root / "sweep.json"
@@ -166,6 +194,7 @@ def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
         run = RunResult(name, config_label(info["config"], sweep_name), run_dir, status)
         if done:
             run.final = final_values(run_dir)
+            run.machines = machines_of(run_dir)
         runs.append(run)
     return manifest, runs
 
@@ -307,6 +336,19 @@ def with_ci(values: list[float]) -> str:
     return f"{number(point)} [{number(low)}, {number(high)}]"
 
 
+def machines_markdown(machines: dict[str, list[str]]) -> list[str]:
+    """Where the tabled runs ran; a warning when on more than one machine kind."""
+    if len(machines) == 1:
+        return [f"Machine: every run on {next(iter(machines))}."]
+    lines = ["Machines: these runs ran on more than one machine kind. Runs repeat bit for "
+             "bit only on one kind (docs/reliability.md, determinism across machines), so "
+             "compare configurations run on one kind, or count the machine as a source of "
+             "variation:"]
+    for kind, names in machines.items():
+        lines.append(f"- {kind}: {len(names)} run(s): {', '.join(names)}")
+    return lines
+
+
 def markdown(rep: Report, manifest: dict[str, Any], cfg: ReportConfig) -> str:
     """report.md: what was measured, the table, P(X > Y), what was left out."""
     better = "higher" if cfg.higher_is_better else "lower"
@@ -342,6 +384,7 @@ def markdown(rep: Report, manifest: dict[str, Any], cfg: ReportConfig) -> str:
                   f"claim; add seeds (python -m training.sweep ... --seeds 0 1 2 ...)."]
     if rep.left_out:
         lines += ["", "Not in the tables:", *(f"- {item}" for item in rep.left_out)]
+    lines += ["", *machines_markdown(rep.machines)]
     if rep.files:
         curve = (f"; learning curves of `{rep.curve_metric}` (mean over runs, shaded 95% "
                  f"bootstrap CI)" if rep.curve_metric else "")
@@ -445,7 +488,7 @@ def report(cfg: ReportConfig) -> Report:
     rep = Report(metric, reason, None, labels, scores, planned,
                  interval_estimates(scores, cfg.reps, cfg.seed),
                  probability_of_improvement(scores, cfg.higher_is_better, cfg.reps, cfg.seed),
-                 left_out)
+                 left_out, tabled_machines(runs, scores))
     out = Path(cfg.out).expanduser() if cfg.out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep.files.append(plot_intervals(rep, out / "intervals.png"))
@@ -480,6 +523,7 @@ def as_json(rep: Report, cfg: ReportConfig) -> dict[str, Any]:
         "probability_of_improvement": [{"x": x, "y": y, "p": v[0], "ci": v[1:]}
                                        for (x, y), v in rep.improvement.items()],
         "left_out": rep.left_out,
+        "machines": rep.machines,
     }
 
 

@@ -56,6 +56,7 @@ from training.distributed import (
 )
 from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
 from training.logger import RunLogger, WandbConfig
+from training.machine import describe_machine, machine_kind
 from training.parameter_report import encoder_weight_sources, parameter_report
 from training.run_dir import (
     ReplacedRun,
@@ -255,13 +256,22 @@ class Run:
         facts = dict(facts or {})
         if model is not None:
             facts.update(encoder_weight_sources(model))
-        if resume_step is not None and self.is_main:
+        machine = describe_machine(self.device)
+        if resume_step is None:
+            facts["machine"] = machine
+        elif self.is_main:  # the first machine stays; each resume says where it went on
             previous = self.logger.config.get("resumes", [])
             record = {"step": resume_step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "machine": machine,
                       "changed": {k: list(v) for k, v in self._changes.items()
                                   if k not in ("output_dir", "resume", "overwrite")}}
             facts["resumes"] = [*previous, record]
             tqdm.write(f"resumed from {self.ckpt_path} at step {resume_step}")
+            began = self.logger.config.get("machine")
+            if began and machine_kind(began) != machine_kind(machine):
+                tqdm.write(f"note: this run began on {machine_kind(began)} and goes on on "
+                           f"{machine_kind(machine)}; it will not repeat bit for bit "
+                           f"(docs/reliability.md, determinism across machines)")
         self.logger.add_config(facts)
         if resume_step is None and model is not None and self.is_main:
             self.logger.log(parameter_report(model, optimizer, components), step=0)

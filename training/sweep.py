@@ -55,6 +55,7 @@ from urllib.parse import quote
 import tyro
 
 from training.cli import parse_config, run_main
+from training.machine import usable_cores
 
 MANIFEST = "sweep.json"
 # Flags each run gets from the sweep (and which the fixed flags therefore may not set).
@@ -322,10 +323,6 @@ def visible_gpus(fixed: Sequence[str]) -> list[str]:
     count = torch.cuda.device_count()
     listed = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     return (listed or [str(i) for i in range(count)])[:count]
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def jobs_and_threads(jobs: int, threads: int, gpus: int) -> tuple[int, int]:

@@ -177,7 +177,7 @@ def run_demo(env: LiftEnv, policy: ScriptedLiftPolicy, seed: int, max_steps: int
                 "next_obs": _stack(observations[1:]),
                 "model_xml": model_xml,
                 "seed": seed,
-                "attrs": {"recoveries": int(getattr(policy, "recoveries", 0))},
+                "attrs": {"recoveries": policy.recoveries},
             }
     return None
 
