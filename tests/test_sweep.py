@@ -401,3 +401,8 @@ def test_report_says_when_runs_ran_on_more_than_one_machine_kind(tmp_path):
     (root / "seed=2" / "config.json").write_text("{}")
     assert report_mod.main([str(root), "--reps", "50"]).machines == {
         "Intel Xeon, torch 2.14.1": ["seed=0", "seed=1"], "not recorded": ["seed=2"]}
+    table = (root / "report" / "report.md").read_text()
+    assert "more than one machine kind" not in table  # unknown is not another kind
+    assert "Machine: 2 run(s) on Intel Xeon, torch 2.14.1." in table
+    assert "Machine not recorded (runs made before runs recorded it) for 1 run(s): seed=2." \
+        in table

@@ -47,6 +47,7 @@ HEADLINE = ("eval/success_rate", r"eval/return_last_\d+_episodes", "eval/return"
 CURVES = {"success": "charts/success_rate", "return": "charts/episodic_return"}
 CURVE_FALLBACK = "train/loss"
 CURVE_POINTS = 100
+UNRECORDED = "not recorded"  # the machine of a run made before runs recorded it
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def tabled_machines(runs: list[RunResult], scores: dict[str, np.ndarray]
     found: dict[str, list[str]] = {}
     for run in runs:
         if run.status == "finished" and run.label in scores:
-            for kind in run.machines or ["not recorded"]:
+            for kind in run.machines or [UNRECORDED]:
                 found.setdefault(kind, []).append(run.name)
     return found
 
@@ -338,14 +339,24 @@ def with_ci(values: list[float]) -> str:
 
 def machines_markdown(machines: dict[str, list[str]]) -> list[str]:
     """Where the tabled runs ran; a warning when on more than one machine kind."""
-    if len(machines) == 1:
-        return [f"Machine: every run on {next(iter(machines))}."]
-    lines = ["Machines: these runs ran on more than one machine kind. Runs repeat bit for "
-             "bit only on one kind (docs/reliability.md, determinism across machines), so "
-             "compare configurations run on one kind, or count the machine as a source of "
-             "variation:"]
-    for kind, names in machines.items():
-        lines.append(f"- {kind}: {len(names)} run(s): {', '.join(names)}")
+    kinds = {k: v for k, v in machines.items() if k != UNRECORDED}
+    unrecorded = machines.get(UNRECORDED, [])
+    if len(kinds) > 1:
+        lines = ["Machines: these runs ran on more than one machine kind. Runs repeat bit "
+                 "for bit only on one kind (docs/reliability.md, determinism across "
+                 "machines), so compare configurations run on one kind, or count the "
+                 "machine as a source of variation:"]
+        lines += [f"- {kind}: {len(names)} run(s): {', '.join(names)}"
+                  for kind, names in kinds.items()]
+    elif kinds:
+        kind, names = next(iter(kinds.items()))
+        lines = [f"Machine: {'every run' if not unrecorded else f'{len(names)} run(s)'} "
+                 f"on {kind}."]
+    else:
+        lines = []
+    if unrecorded:
+        lines.append(f"Machine not recorded (runs made before runs recorded it) for "
+                     f"{len(unrecorded)} run(s): {', '.join(unrecorded)}.")
     return lines
 
 
