@@ -16,8 +16,10 @@ What it owns: world and device (torchrun or a world of one), threads and seeds, 
 directory (choose, refuse, overwrite only a run of ours and only after every input is
 checked, one process at a time), the resume check (same settings as the saved
 config.json, bar an allow-list, each accepted change recorded under `resumes`), the
-logger, the parameter report, checkpoints in one layout, the non-finite gradient message,
-signals with the resume hint, and closing all of it, also when the run fails.
+machine record (config.json `machine`; each resume's own, with a note when it changed:
+runs repeat bit for bit only on one CPU type), the logger, the parameter report,
+checkpoints in one layout, the non-finite gradient message, signals with the resume hint,
+and closing all of it, also when the run fails.
 
 Checkpoint layout (read with `weights_only=True`): `model`, `optimizer`, `step`, `config`,
 `rng`, `frozen`, and `extra = {"ranks": [per-process state, rank order; each has "rng"],
