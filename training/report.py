@@ -99,9 +99,8 @@ class RunResult:
     status: str
     final: dict[str, float] = field(default_factory=dict)
     """The last value of every metric (final_metrics.json over metrics.jsonl)."""
-    machines: list[str] = field(default_factory=list)
-    """The machine kinds it ran on (training.machine.machine_kind): where it began, then
-    where each resume went on; empty when its config.json records none."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Its config.json (settings and the facts found at run time); {} when unreadable."""
 
 
 @dataclass
@@ -156,25 +155,28 @@ def config_label(config: dict[str, str], sweep_name: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items()) or sweep_name
 
 
-def machines_of(run_dir: Path) -> list[str]:
-    """The machine kinds a run's config.json records: where it began, then each resume."""
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json; {} when it is missing or unreadable (a run that never started)."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        return json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def machines_of(config: dict[str, Any]) -> list[str]:
+    """The machine kinds a run's config records (training.machine.machine_kind): where it
+    began, then where each resume went on; [] when it records none."""
     records = [config.get("machine")] + [r.get("machine") for r in config.get("resumes", [])]
     kinds = [machine_kind(m) for m in records if isinstance(m, dict)]
     return list(dict.fromkeys(kinds))
 
 
-def tabled_machines(runs: list[RunResult], scores: dict[str, np.ndarray]
-                    ) -> dict[str, list[str]]:
+def tabled_machines(tabled: list[RunResult]) -> dict[str, list[str]]:
     """machine kind -> the names of the tabled runs made (partly) on it."""
     found: dict[str, list[str]] = {}
-    for run in runs:
-        if run.status == "finished" and run.label in scores:
-            for kind in run.machines or [UNRECORDED]:
-                found.setdefault(kind, []).append(run.name)
+    for run in tabled:
+        for kind in machines_of(run.config) or [UNRECORDED]:
+            found.setdefault(kind, []).append(run.name)
     return found
 
 
@@ -192,10 +194,10 @@ def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
         done = ((root / f"{info['dir']}.done").is_file()
                 or (run_dir / "final_metrics.json").is_file())
         status = "finished" if done else info.get("status", "pending")
-        run = RunResult(name, config_label(info["config"], sweep_name), run_dir, status)
+        run = RunResult(name, config_label(info["config"], sweep_name), run_dir, status,
+                        config=run_config(run_dir))
         if done:
             run.final = final_values(run_dir)
-            run.machines = machines_of(run_dir)
         runs.append(run)
     return manifest, runs
 
@@ -461,13 +463,7 @@ def log_to_wandb(rep: Report, runs: list[RunResult], cfg: ReportConfig, name: st
     """The table (a wandb.Table) and the figures (wandb.Image) in a run of job type report."""
     import wandb
 
-    saved = {}
-    for run in runs:
-        try:
-            saved = json.loads((run.dir / "config.json").read_text()).get("wandb", {})
-            break
-        except (OSError, ValueError):
-            continue
+    saved = next((r.config for r in runs if r.config), {}).get("wandb", {})
     run = wandb.init(project=cfg.wandb.project or saved.get("project") or "rlenc",
                      entity=cfg.wandb.entity or saved.get("entity"),
                      group=cfg.wandb.group or saved.get("group") or name,
@@ -496,15 +492,15 @@ def report(cfg: ReportConfig) -> Report:
         raise ValueError(f"no finished run of {root} has {metric}; nothing to report "
                          f"({len(left_out)} left out: {'; '.join(left_out[:3])})")
     labels = list(scores)
+    included = [r for r in runs if r.status == "finished" and metric in r.final
+                and r.label in scores]
     rep = Report(metric, reason, None, labels, scores, planned,
                  interval_estimates(scores, cfg.reps, cfg.seed),
                  probability_of_improvement(scores, cfg.higher_is_better, cfg.reps, cfg.seed),
-                 left_out, tabled_machines(runs, scores))
+                 left_out, tabled_machines(included))
     out = Path(cfg.out).expanduser() if cfg.out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep.files.append(plot_intervals(rep, out / "intervals.png"))
-    included = [r for r in runs if r.status == "finished" and metric in r.final
-                and r.label in scores]
     rep.curve_metric = choose_curve_metric(included, metric, cfg.curve_metric)
     curves = curve_scores(included, rep.curve_metric) if rep.curve_metric else {}
     if curves:
