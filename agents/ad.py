@@ -68,6 +68,7 @@ class ADConfig:
 
     def __post_init__(self) -> None:
         check_transformer_ranges(self)
+        check_decoder_ranges(self.n_layer, self.temperature)
 
     @property
     def prefix_episodes(self) -> int:
@@ -83,26 +84,42 @@ class GridHistorySpec(Protocol):
     num_actions: int
 
 
-def check_transformer_ranges(cfg) -> None:
-    """The ranges of the settings AD and compressed AD share (one-line ConfigError).
+class TransformerSettings(Protocol):
+    """The settings every config of AD and compressed AD has (stage-1 pretraining included)."""
 
-    A setting the config does not have is skipped (compressed-AD pretraining has no decoder
-    n_layer and samples no actions, so no temperature).
-    """
+    context_episodes: int
+    d_model: int
+    n_head: int
+    dropout: float
+    attention_dropout: float
+    lr: float
+    lr_decay_steps: int
+    weight_decay: float
+    grad_clip: float
+
+
+def check_transformer_ranges(cfg: TransformerSettings) -> None:
+    """The ranges of the settings AD and compressed AD share (one-line ConfigError)."""
     at_least("agent.context_episodes", cfg.context_episodes, 0)
-    for name in ("d_model", "n_layer", "n_head"):
-        if hasattr(cfg, name):
-            at_least(f"agent.{name}", getattr(cfg, name), 1)
+    at_least("agent.d_model", cfg.d_model, 1)
+    at_least("agent.n_head", cfg.n_head, 1)
     if cfg.d_model % cfg.n_head:
         raise ConfigError(f"--agent.d_model={cfg.d_model} must be a multiple of "
                           f"--agent.n_head={cfg.n_head}")
-    for name in ("dropout", "attention_dropout"):
-        at_least(f"agent.{name}", getattr(cfg, name), 0.0)
-        below(f"agent.{name}", getattr(cfg, name), 1.0)
+    for name, value in (("dropout", cfg.dropout), ("attention_dropout", cfg.attention_dropout)):
+        at_least(f"agent.{name}", value, 0.0)
+        below(f"agent.{name}", value, 1.0)
     positive("agent.lr", cfg.lr)
-    for name in ("lr_decay_steps", "weight_decay", "grad_clip", "temperature"):
-        if hasattr(cfg, name):
-            at_least(f"agent.{name}", getattr(cfg, name), 0)
+    at_least("agent.lr_decay_steps", cfg.lr_decay_steps, 0)
+    at_least("agent.weight_decay", cfg.weight_decay, 0)
+    at_least("agent.grad_clip", cfg.grad_clip, 0)
+
+
+def check_decoder_ranges(n_layer: int, temperature: float) -> None:
+    """The settings of a config that acts (AD, compressed AD's stage 2), which stage-1
+    pretraining lacks: it has no decoder blocks and samples no actions."""
+    at_least("agent.n_layer", n_layer, 1)
+    at_least("agent.temperature", temperature, 0)
 
 
 # ---------------------------------------------------------------- building blocks

@@ -61,6 +61,7 @@ from agents.ad import (
     TokenEmbedding,
     UpdateCounter,
     adam_step,
+    check_decoder_ranges,
     check_transformer_ranges,
     previous_steps,
     sample_actions,
@@ -171,6 +172,7 @@ class CompressedADConfig:
 
     def __post_init__(self) -> None:
         check_transformer_ranges(self)
+        check_decoder_ranges(self.n_layer, self.temperature)
         at_least("agent.compressed_episodes", self.compressed_episodes, 0)
         for name in ("compression_depth", "n_latent", "encoder_layers"):
             at_least(f"agent.{name}", getattr(self, name), 1)

@@ -406,3 +406,18 @@ def test_report_says_when_runs_ran_on_more_than_one_machine_kind(tmp_path):
     assert "Machine: 2 run(s) on Intel Xeon, torch 2.14.1." in table
     assert "Machine not recorded (runs made before runs recorded it) for 1 run(s): seed=2." \
         in table
+    # A finished run with no finite score is out of the tables, so out of the machine list
+    # and the curves too (they describe the runs in the tables).
+    fake_run(root, "seed=3", {"eval/success_rate": float("nan")}, [5.0, 5.0], True)
+    (root / "seed=3" / "config.json").write_text(json.dumps({"machine": epyc}))
+    manifest = json.loads((root / "sweep.json").read_text())
+    manifest["runs"]["seed=3"] = {"dir": "seed=3", "config": {}, "seed": 3, "status": "finished"}
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    rep = report_mod.main([str(root), "--reps", "50"])
+    assert "seed=3: no finite eval/success_rate in its final metrics" in rep.left_out
+    assert "AMD EPYC, torch 2.14.1" not in rep.machines
+    _, runs = report_mod.load_runs(root)
+    tabled = report_mod.group_scores(runs, "eval/success_rate")[3]
+    assert [run.name for run in tabled] == ["seed=0", "seed=1", "seed=2"]
+    (steps, values), = report_mod.curve_scores(tabled, "charts/success_rate").values()
+    assert values.shape[0] == 3 and values.max() < 5  # seed=3's curve (5.0) is not in it

@@ -231,11 +231,12 @@ def choose_curve_metric(runs: list[RunResult], metric: str, asked: str | None) -
 
 
 def group_scores(runs: list[RunResult], metric: str
-                 ) -> tuple[dict[str, np.ndarray], dict[str, int], list[str]]:
-    """label -> final scores (runs x 1), label -> planned runs, and what was left out, why."""
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int], list[str], list[RunResult]]:
+    """label -> final scores (runs x 1), label -> planned runs, what was left out and why,
+    and the runs in the tables (the curves and the machine list take the same runs)."""
     planned = {r.label: 0 for r in runs}
     found: dict[str, list[float]] = {label: [] for label in planned}
-    left_out = []
+    left_out, tabled = [], []
     for run in runs:
         planned[run.label] += 1
         if run.status != "finished":
@@ -244,12 +245,13 @@ def group_scores(runs: list[RunResult], metric: str
             left_out.append(f"{run.name}: no finite {metric} in its final metrics")
         else:
             found[run.label].append(run.final[metric])
+            tabled.append(run)
     for label, values in found.items():
         if len(values) < planned[label]:
             left_out.append(f"{label}: {len(values)} of {planned[label]} runs"
                             + (" (left out of the tables)" if not values else ""))
     scores = {k: np.array(v, dtype=np.float64)[:, None] for k, v in found.items() if v}
-    return scores, planned, left_out
+    return scores, planned, left_out, tabled
 
 
 # ----- the statistics (rliable) ----------------------------------------------------------------
@@ -487,13 +489,11 @@ def report(cfg: ReportConfig) -> Report:
     root = Path(cfg.sweep_dir).expanduser().resolve()
     manifest, runs = load_runs(root)
     metric, reason = choose_metric(runs, cfg.metric)
-    scores, planned, left_out = group_scores(runs, metric)
+    scores, planned, left_out, included = group_scores(runs, metric)
     if not scores:
         raise ValueError(f"no finished run of {root} has {metric}; nothing to report "
                          f"({len(left_out)} left out: {'; '.join(left_out[:3])})")
     labels = list(scores)
-    included = [r for r in runs if r.status == "finished" and metric in r.final
-                and r.label in scores]
     rep = Report(metric, reason, None, labels, scores, planned,
                  interval_estimates(scores, cfg.reps, cfg.seed),
                  probability_of_improvement(scores, cfg.higher_is_better, cfg.reps, cfg.seed),
