@@ -8,6 +8,7 @@ Slurm path runs through submitit's LocalExecutor, bad input is one line and exit
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training import archive as archive_mod
 from training import report as report_mod
 from training import sweep as sweep_mod
 from training.cli import run_main
@@ -168,6 +170,62 @@ def test_report_equals_rliable(study, tmp_path, capsys):
     again = tmp_path / "again"
     report_mod.main([str(study["root"]), "--reps", "300", "--seed", "3", "--out", str(again)])
     assert (again / "report.json").read_text() == (out / "report.json").read_text()
+
+
+def test_an_archive_keeps_what_the_report_reads_and_adds_without_overwriting(
+        study, histories, tmp_path, monkeypatch, capsys):
+    """The record without checkpoints reports exactly as the study, a sweep counts its runs
+    as finished, and archiving again (more runs, another session's directory) only adds."""
+    root, record = study["root"], tmp_path / "record"
+    archive_mod.main([str(root), str(record)])
+    assert not list(record.rglob("*.pt")) and not list(record.rglob("checkpoints"))
+    kept = {p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()}
+    names = list(study["manifest"]["runs"])
+    assert kept == {"sweep.json"} | {f"{n}.done" for n in names} | {
+        f"{n}/{f}" for n in names for f in archive_mod.RUN_RECORD}
+    for where, out in ((root, tmp_path / "rep_study"), (record, tmp_path / "rep_record")):
+        report_mod.main([str(where), "--reps", "50", "--out", str(out)])
+    assert (tmp_path / "rep_study" / "report.json").read_text() == \
+        (tmp_path / "rep_record" / "report.json").read_text()
+    # Copied back, the sweep has nothing left to run.
+    monkeypatch.chdir(REPO)
+    assert sweep_mod.main(sweep_argv(record, histories, jobs=1)) == 0
+    assert "4 runs, 4 finished, 0 to run" in capsys.readouterr().out
+    # Another session's directory of the same study, where one run has not finished: its
+    # record is not copied and the finished entry in the copy is kept.
+    other = tmp_path / "other"
+    shutil.copytree(record, other)
+    unfinished = names[-1]
+    Path(f"{other / unfinished}.done").unlink()
+    (other / unfinished / "final_metrics.json").unlink()
+    manifest = json.loads((other / "sweep.json").read_text())
+    manifest["runs"][unfinished]["status"] = "running"
+    (other / "sweep.json").write_text(json.dumps(manifest))
+    partial = tmp_path / "partial"
+    archive_mod.main([str(other), str(partial)])
+    assert not (partial / unfinished).exists()
+    assert json.loads((partial / "sweep.json").read_text())["runs"][unfinished]["status"] \
+        == "running"
+    assert archive_mod.main([str(root), str(partial)])  # adds the finished run's files
+    assert archive_mod.main([str(other), str(partial)]) == []  # nothing new
+    merged = json.loads((partial / "sweep.json").read_text())
+    assert merged["runs"][unfinished]["status"] == "finished"
+    # A file that differs from the copy's, or another study, stops it before anything is written.
+    before = files_of(partial)
+    with (other / names[0] / "metrics.jsonl").open("a") as f:
+        f.write("{}\n")
+    with pytest.raises(ValueError, match="differs from .*archive to a new directory"):
+        archive_mod.main([str(other), str(partial)])
+    manifest["fixed_flags"] = [*manifest["fixed_flags"], "--batch_size=8"]
+    (other / "sweep.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="other fixed flags"):
+        archive_mod.main([str(other), str(partial)])
+    assert files_of(partial) == before
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: archive_mod.main([str(root), str(root / "record")]))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "is inside the study" in err and "\n" not in err
 
 
 def test_changed_experiment_refused(study, histories, monkeypatch, capsys):
