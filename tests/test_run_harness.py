@@ -193,6 +193,8 @@ def test_the_machine_is_recorded_and_a_resume_elsewhere_says_it_will_not_repeat(
     began = json.loads((out / "config.json").read_text())["machine"]
     assert began["cpu"] == training.machine.cpu_model() and began["gpu"] is None
     assert began["torch"] == torch.__version__ and began["cpu_cores"] >= 1
+    assert began["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert began["cpu_id"] == training.machine.cpu_id()
     other = {**began, "cpu": "Another CPU"}
     monkeypatch.setattr(training.run, "describe_machine", lambda device: other)
     capsys.readouterr()
@@ -207,8 +209,12 @@ def test_the_machine_is_recorded_and_a_resume_elsewhere_says_it_will_not_repeat(
 
 def test_cpu_model_reads_proc_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
-    assert training.machine.cpu_model(info) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\n\n"
+                    "processor\t: 1\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: Other\n")
+    assert training.machine.cpu_model(info) == "AMD EPYC"
+    assert training.machine.cpu_id(info) == "cpu family 25, model 17, stepping 1"
+    assert training.machine.cpu_id(tmp_path / "absent") is None
     assert training.machine.cpu_model(tmp_path / "absent")  # platform's answer, never empty
 
 

@@ -18,16 +18,34 @@ if TYPE_CHECKING:
     import torch
 
 
+def _first_cpu_fields(cpuinfo: Path) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return (_first_cpu_fields(cpuinfo).get("model name")
+            or platform.processor() or platform.machine() or "unknown")
+
+
+def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """Family, model and stepping numbers: on VMs the model name can be as generic as "AMD
+    EPYC", which several processor generations share; these tell them apart."""
+    fields = _first_cpu_fields(cpuinfo)
+    parts = [f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping")
+             if fields.get(key)]
+    return ", ".join(parts) or None
 
 
 def usable_cores() -> int:
@@ -36,13 +54,17 @@ def usable_cores() -> int:
 
 
 def describe_machine(device: torch.device) -> dict[str, Any]:
-    """The run's machine: CPU model and cores it may use, GPU (when the run uses one),
-    torch, Python, OS."""
+    """The run's machine: CPU model, its family/model numbers and the instruction set torch
+    uses on it, the cores it may use, GPU (when the run uses one), torch, Python, OS."""
     import torch  # here: the sweep imports this module and needs no torch
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
+        # The instruction set torch's CPU kernels dispatch to (AVX512, AVX2, ...), the
+        # mechanism by which two CPU types round differently.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_cores": usable_cores(),
         "gpu": gpu,
         "torch": torch.__version__,
