@@ -30,6 +30,7 @@ from typing import Any
 import tyro
 
 from training.cli import parse_config, run_main
+from training.report import load_runs
 
 RUN_RECORD = ("run.json", "config.json", "metrics.jsonl", "final_metrics.json")
 
@@ -44,25 +45,11 @@ class ArchiveConfig:
     """Where the record goes (created; an existing record of the same study is added to)."""
 
 
-def is_finished(root: Path, info: dict[str, Any]) -> bool:
-    """A run the sweep would skip: its `.done` marker or its final metrics are there."""
-    return ((root / f"{info['dir']}.done").is_file()
-            or (root / info["dir"] / "final_metrics.json").is_file())
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / "sweep.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no sweep.json in {root}; name a directory written by "
-                                f"python -m training.sweep")
-    return json.loads(path.read_text())
-
-
-def merged_manifest(new: dict[str, Any], root: Path, out: Path) -> dict[str, Any]:
+def merged_manifest(new: dict[str, Any], finished: set[str], out: Path) -> dict[str, Any]:
     """`new` (the study's manifest) merged into the copy's, when the copy has one."""
     if not (out / "sweep.json").is_file():
         return new
-    old = read_manifest(out)
+    old = json.loads((out / "sweep.json").read_text())
     for key, what in (("entry", "entry script"), ("grid", "grid flags"),
                       ("fixed_flags", "fixed flags")):
         mine = Path(old[key]).name if key == "entry" else old[key]
@@ -77,20 +64,20 @@ def merged_manifest(new: dict[str, Any], root: Path, out: Path) -> dict[str, Any
               "seeds": list(dict.fromkeys(old["seeds"] + new["seeds"])),
               "runs": dict(old["runs"])}
     for name, info in new["runs"].items():
-        if name not in merged["runs"] or is_finished(root, info):
+        if name not in merged["runs"] or name in finished:
             merged["runs"][name] = info
     return merged
 
 
-def record_files(root: Path, manifest: dict[str, Any]) -> list[Path]:
+def record_files(root: Path, manifest: dict[str, Any], finished: set[str]) -> list[Path]:
     """The files of each finished run's record, relative to `root`."""
     files = []
-    for info in manifest["runs"].values():
+    for name, info in manifest["runs"].items():
         run = Path(info["dir"])
         done = Path(f"{info['dir']}.done")
-        if not is_finished(root, info):
+        if name not in finished:
             continue
-        files += [run / name for name in RUN_RECORD if (root / run / name).is_file()]
+        files += [run / f for f in RUN_RECORD if (root / run / f).is_file()]
         if (root / done).is_file():
             files.append(done)
     return files
@@ -100,10 +87,12 @@ def archive(cfg: ArchiveConfig) -> list[Path]:
     """Copy the record; returns the files written. Checks every file before copying any."""
     root, out = Path(cfg.sweep_dir).expanduser(), Path(cfg.out).expanduser()
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out} is inside the study {root}; give a directory outside it")
-    manifest = read_manifest(root)
-    files = record_files(root, manifest)
-    merged = merged_manifest(manifest, root, out)
+        raise ValueError(f"the record's directory {out} is inside the study {root}; give one "
+                         f"outside it")
+    manifest, runs = load_runs(root)  # finished as the report and the sweep count it
+    finished = {run.name for run in runs if run.status == "finished"}
+    files = record_files(root, manifest, finished)
+    merged = merged_manifest(manifest, finished, out)
     clashes = [f for f in files if (out / f).is_file()
                and (out / f).read_bytes() != (root / f).read_bytes()]
     if clashes:
