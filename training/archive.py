@@ -1,9 +1,9 @@
 """Keep a study's record without its weights: the files `training.report` reads.
 
-    python -m training.archive runs/durotaxis_freeze_study docs/studies/durotaxis_freeze_study
+    python -m training.archive runs/durotaxis_freeze_study docs/studies/durotaxis_freeze_study_epyc
 
-A study's directory holds checkpoints (90 MB a PPO run with a ResNet-18); its record is a few
-hundred kB: sweep.json and, for each finished run, run.json, config.json (settings and the
+A study's directory holds checkpoints (90 MB a PPO run with a ResNet-18); its record is about
+60 kB a run: sweep.json and, for each finished run, run.json, config.json (settings and the
 machine), metrics.jsonl, final_metrics.json and the sweep's `.done` marker. The copy is
 what a paper's per-run scores are: `python -m training.report COPY` rebuilds the tables and
 curves from it, and copied back under runs/, `training.sweep` counts its runs as finished,
