@@ -45,20 +45,22 @@ class ArchiveConfig:
     """Where the record goes (created; an existing record of the same study is added to)."""
 
 
+def study_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What makes two manifests one study (the sweep's own guard, by entry file name)."""
+    return {"entry script": Path(manifest["entry"]).name, "grid flags": list(manifest["grid"]),
+            "fixed flags": manifest["fixed_flags"]}
+
+
 def merged_manifest(new: dict[str, Any], finished: set[str], out: Path) -> dict[str, Any]:
     """`new` (the study's manifest) merged into the copy's, when the copy has one."""
     if not (out / "sweep.json").is_file():
         return new
     old = json.loads((out / "sweep.json").read_text())
-    for key, what in (("entry", "entry script"), ("grid", "grid flags"),
-                      ("fixed_flags", "fixed flags")):
-        mine = Path(old[key]).name if key == "entry" else old[key]
-        theirs = Path(new[key]).name if key == "entry" else new[key]
-        if key == "grid":
-            mine, theirs = list(mine), list(theirs)
-        if mine != theirs:
+    theirs = study_identity(new)
+    for what, mine in study_identity(old).items():
+        if mine != theirs[what]:
             raise ValueError(f"{out} holds a study with other {what} ({mine} against "
-                             f"{theirs}); archive to a new directory")
+                             f"{theirs[what]}); archive to a new directory")
     merged = {**new, "grid": {k: list(dict.fromkeys(old["grid"][k] + v))
                               for k, v in new["grid"].items()},
               "seeds": list(dict.fromkeys(old["seeds"] + new["seeds"])),
@@ -98,12 +100,10 @@ def archive(cfg: ArchiveConfig) -> list[Path]:
     if clashes:
         raise ValueError(f"{out / clashes[0]} differs from {root / clashes[0]} "
                          f"({len(clashes)} such file(s)); archive to a new directory")
-    written = []
-    for f in files:
+    written = [f for f in files if not (out / f).is_file()]  # the others are equal (above)
+    for f in written:
         (out / f).parent.mkdir(parents=True, exist_ok=True)
-        if not (out / f).is_file() or (out / f).read_bytes() != (root / f).read_bytes():
-            shutil.copyfile(root / f, out / f)
-            written.append(f)
+        shutil.copyfile(root / f, out / f)
     (out / "sweep.json").write_text(json.dumps(merged, indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     runs = sum(f.name == "run.json" for f in files)
