@@ -31,6 +31,7 @@ import tyro
 
 from training.cli import parse_config, run_main
 from training.report import load_runs
+from training.sweep import study_difference
 
 RUN_RECORD = ("run.json", "config.json", "metrics.jsonl", "final_metrics.json")
 
@@ -45,22 +46,13 @@ class ArchiveConfig:
     """Where the record goes (created; an existing record of the same study is added to)."""
 
 
-def study_identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What makes two manifests one study (the sweep's own guard, by entry file name)."""
-    return {"entry script": Path(manifest["entry"]).name, "grid flags": list(manifest["grid"]),
-            "fixed flags": manifest["fixed_flags"]}
-
-
 def merged_manifest(new: dict[str, Any], finished: set[str], out: Path) -> dict[str, Any]:
     """`new` (the study's manifest) merged into the copy's, when the copy has one."""
     if not (out / "sweep.json").is_file():
         return new
     old = json.loads((out / "sweep.json").read_text())
-    theirs = study_identity(new)
-    for what, mine in study_identity(old).items():
-        if mine != theirs[what]:
-            raise ValueError(f"{out} holds a study with other {what} ({mine} against "
-                             f"{theirs[what]}); archive to a new directory")
+    if (difference := study_difference(old, new, entry=lambda path: Path(path).name)):
+        raise ValueError(f"{out} holds a study that {difference}; archive to a new directory")
     merged = {**new, "grid": {k: list(dict.fromkeys(old["grid"][k] + v))
                               for k, v in new["grid"].items()},
               "seeds": list(dict.fromkeys(old["seeds"] + new["seeds"])),

@@ -214,19 +214,33 @@ def merge_manifest(root: Path, entry: Path, grid: dict[str, list[str]], seeds: S
     except ValueError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); move it away to start afresh"
                          ) from None
-    keep = "use another --sweep_dir for another experiment"
-    if saved["entry"] != str(entry):
-        raise ValueError(f"{root} is a sweep of {saved['entry']}, not {entry}; {keep}")
-    if list(saved["grid"]) != list(grid):
-        raise ValueError(f"{root} sweeps {', '.join(saved['grid']) or 'no grid flag'}, not "
-                         f"{', '.join(grid) or 'no grid flag'}; {keep}")
-    if saved["fixed_flags"] != list(fixed):
-        raise ValueError(f"{root} was run with the fixed flags {shlex.join(saved['fixed_flags'])!r}"
-                         f", not {shlex.join(fixed)!r}; {keep}")
+    new = {"entry": str(entry), "grid": grid, "fixed_flags": list(fixed)}
+    if (difference := study_difference(saved, new)) is not None:
+        raise ValueError(f"{root} {difference}; use another --sweep_dir for another experiment")
     for key, values in grid.items():  # added values and seeds extend the study
         saved["grid"][key] += [v for v in values if v not in saved["grid"][key]]
     saved["seeds"] += [s for s in seeds if s not in saved["seeds"]]
     return saved
+
+
+def study_difference(saved: dict[str, Any], new: dict[str, Any],
+                     entry: Callable[[str], str] = str) -> str | None:
+    """How `new` would mix another experiment into the study `saved` describes, or None.
+
+    Two manifests are one study when they run the same entry (compared through `entry`: the
+    sweep resumes runs, so it wants the same file; a record copied elsewhere, its name) with
+    the same grid flags and the same fixed flags; grid values and seeds may differ (a study
+    grows by them).
+    """
+    if entry(saved["entry"]) != entry(new["entry"]):
+        return f"is a sweep of {saved['entry']}, not {new['entry']}"
+    if list(saved["grid"]) != list(new["grid"]):
+        return (f"sweeps {', '.join(saved['grid']) or 'no grid flag'}, not "
+                f"{', '.join(new['grid']) or 'no grid flag'}")
+    if saved["fixed_flags"] != new["fixed_flags"]:
+        return (f"was run with the fixed flags {shlex.join(saved['fixed_flags'])!r}, not "
+                f"{shlex.join(new['fixed_flags'])!r}")
+    return None
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
