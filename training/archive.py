@@ -31,7 +31,7 @@ import tyro
 
 from training.cli import parse_config, run_main
 from training.report import load_runs
-from training.sweep import study_difference
+from training.sweep import extend_study, study_difference
 
 RUN_RECORD = ("run.json", "config.json", "metrics.jsonl", "final_metrics.json")
 
@@ -51,12 +51,11 @@ def merged_manifest(new: dict[str, Any], finished: set[str], out: Path) -> dict[
     if not (out / "sweep.json").is_file():
         return new
     old = json.loads((out / "sweep.json").read_text())
-    if (difference := study_difference(old, new, entry=lambda path: Path(path).name)):
+    if (difference := study_difference(old, new, entry=lambda path: Path(path).name)
+            ) is not None:
         raise ValueError(f"{out} holds a study that {difference}; archive to a new directory")
-    merged = {**new, "grid": {k: list(dict.fromkeys(old["grid"][k] + v))
-                              for k, v in new["grid"].items()},
-              "seeds": list(dict.fromkeys(old["seeds"] + new["seeds"])),
-              "runs": dict(old["runs"])}
+    merged = {**new, "grid": old["grid"], "seeds": old["seeds"], "runs": old["runs"]}
+    extend_study(merged, new["grid"], new["seeds"])
     for name, info in new["runs"].items():
         if name not in merged["runs"] or name in finished:
             merged["runs"][name] = info

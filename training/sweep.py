@@ -217,10 +217,16 @@ def merge_manifest(root: Path, entry: Path, grid: dict[str, list[str]], seeds: S
     new = {"entry": str(entry), "grid": grid, "fixed_flags": list(fixed)}
     if (difference := study_difference(saved, new)) is not None:
         raise ValueError(f"{root} {difference}; use another --sweep_dir for another experiment")
-    for key, values in grid.items():  # added values and seeds extend the study
-        saved["grid"][key] += [v for v in values if v not in saved["grid"][key]]
-    saved["seeds"] += [s for s in seeds if s not in saved["seeds"]]
+    extend_study(saved, grid, seeds)
     return saved
+
+
+def extend_study(manifest: dict[str, Any], grid: dict[str, list[str]], seeds: Sequence[int]
+                 ) -> None:
+    """Add grid values and seeds the manifest lacks, after its own (a study grows by them)."""
+    for key, values in grid.items():
+        manifest["grid"][key] += [v for v in values if v not in manifest["grid"][key]]
+    manifest["seeds"] += [s for s in seeds if s not in manifest["seeds"]]
 
 
 def study_difference(saved: dict[str, Any], new: dict[str, Any],
