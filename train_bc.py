@@ -34,6 +34,7 @@ from training.logger import WandbConfig
 from training.precision import autocast, to_channels_last, with_autocast
 from training.ranges import at_least
 from training.run import Restored, Run
+from training.saved_config import config_from_saved, read_saved_config, resumed_run_dir
 from training.seeding import seed_everything
 from training.settings import RunSettings
 
@@ -106,20 +107,40 @@ class TrainBCConfig(Generic[AgentConfigT]):
 
 
 def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
-    """Read --env_name and --agent, then parse the rest into that agent's config."""
+    """Read --env_name and --agent, then parse the rest into that agent's config.
+
+    `--resume=True` starts from the run's saved config.json (its task, agent and every
+    setting), so that `--output_dir=X --resume=True` alone continues the run as it was.
+    """
     args = rename_flags(list(sys.argv[1:] if argv is None else argv),
                         {"--agent.pooling": "--agent.encoder.pooling"})
     env_flag, args = pop_flag(args, "--env_name")
     agent_flag, args = pop_flag(args, "--agent")
+    resumed = resumed_run_dir(args)
+    saved = None if resumed is None else read_saved_config(resumed)
+    if saved is not None:
+        for flag, given, key in (("--env_name", env_flag and get_bc_task(env_flag).name,
+                                  "env_name"),
+                                 ("--agent", agent_flag and agent_name(agent_flag),
+                                  "agent_name")):
+            if given and given != saved.get(key):
+                raise ValueError(f"--resume continues the same run, but {flag} differs from "
+                                 f"its config.json: saved {saved.get(key)!r}, now {given!r}; "
+                                 f"drop it, or start a new run with another --output_dir")
+        env_flag, agent_flag = saved.get("env_name"), saved.get("agent_name")
     task = get_bc_task(env_flag or DEFAULT_ENV)
     name = agent_name(agent_flag or task.default_agent)
     agent_config_class, _ = get_agent(name)
-    run_fields = {f.name for f in dataclasses.fields(RunSettings)}
-    defaults = {k: v for k, v in task.defaults.items() if k not in run_fields}
-    run = RunSettings(**{k: v for k, v in task.defaults.items() if k in run_fields})
-    default = TrainBCConfig(
-        agent=agent_config_class(), env_name=task.name, agent_name=name, run=run, **defaults
-    )
+    if saved is not None:
+        default = config_from_saved(TrainBCConfig, saved, {"agent": agent_config_class})
+    else:
+        run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+        defaults = {k: v for k, v in task.defaults.items() if k not in run_fields}
+        run = RunSettings(**{k: v for k, v in task.defaults.items() if k in run_fields})
+        default = TrainBCConfig(
+            agent=agent_config_class(), env_name=task.name, agent_name=name, run=run,
+            **defaults
+        )
     return parse_config(
         TrainBCConfig[agent_config_class], args, description=__doc__, default=default
     )
@@ -255,16 +276,15 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
             return result.metrics
 
         try:
-            metrics, stopped = fit(cfg, run, agent, data, loss_fn, sampler, shard, start_step,
-                                   evaluate)
-            if not stopped and start_step >= cfg.offline_steps:  # resumed a finished run
+            metrics = fit(cfg, run, agent, data, loss_fn, sampler, shard, start_step, evaluate)
+            if start_step >= cfg.offline_steps:  # resumed a run whose training had ended
                 metrics = evaluate(start_step)
         finally:
             if evaluator is not None:
                 evaluator.close()
-        if not stopped and run.is_main:
+        if run.is_main:
             (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return {} if stopped else metrics
+    return metrics
 
 
 def held_out(agent: BCAgent, data: BCData | HeldOutData, run: Run) -> BCData | None:
@@ -277,10 +297,10 @@ def held_out(agent: BCAgent, data: BCData | HeldOutData, run: Run) -> BCData | N
 
 
 def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Generator,
-        shard: slice, start_step: int, evaluate) -> tuple[dict[str, float], bool]:
+        shard: slice, start_step: int, evaluate) -> dict[str, float]:
     """The training loop; the host reads the device only at log, eval and save steps.
 
-    Returns the last evaluation's metrics and whether a signal stopped the run.
+    Returns the last evaluation's metrics; a signal ends it with RunStopped (run.stopped).
     """
     every = cfg.run
     metrics: dict[str, float] = {}
@@ -318,9 +338,8 @@ def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Gener
                 metrics = evaluate(step)
                 progress.set_postfix(_postfix({}, metrics), refresh=False)
             if stopping:
-                run.announce_stop(stop, step)
-                return metrics, True
-    return metrics, False
+                run.stopped(stop, step)
+    return metrics
 
 
 def _postfix(train: dict[str, float], evaluation: dict[str, float]) -> dict[str, str]:
@@ -337,8 +356,8 @@ def _postfix(train: dict[str, float], evaluation: dict[str, float]) -> dict[str,
     return shown
 
 
-def main() -> None:
-    train(parse_args())
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from training.optim import build_optimizer, scale_learning_rates
 from training.precision import autocast, to_channels_last, with_autocast
 from training.ranges import ConfigError, positive
 from training.run import Run
+from training.saved_config import config_from_saved, read_saved_config, resumed_run_dir
 from training.seeding import seed_everything
 from training.settings import RunSettings
 
@@ -357,8 +358,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
                              shared={"iteration": iteration, "baselines": baselines,
                                      "history": history})
                 if stopping:
-                    run.announce_stop(stop, global_step)
-                    return dict(metrics)
+                    run.stopped(stop, global_step)
         if not run.is_main:
             return dict(metrics)
         final = run.evaluate(global_step, lambda: evaluate(model, cfg, run, history,
@@ -373,11 +373,23 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
     return {short: f"{metrics[key]:.3g}" for key, short in keys.items() if key in metrics}
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Train, evaluate, render; returns the last logged metrics."""
+def parse_args(argv: list[str] | None = None) -> TrainPPOConfig:
+    """The command line (default: sys.argv[1:]) as a config; nothing is run or written.
+
+    `--resume=True` starts from the run's saved config.json, so that
+    `--output_dir=X --resume=True` alone continues the run as it was started.
+    """
     args = rename_flags(list(sys.argv[1:] if argv is None else argv),
                         {"--checkpoint_every": "--save_interval"})
-    return train(parse_config(TrainPPOConfig, args=args, description=__doc__))
+    resumed = resumed_run_dir(args)
+    default = (None if resumed is None
+               else config_from_saved(TrainPPOConfig, read_saved_config(resumed)))
+    return parse_config(TrainPPOConfig, args=args, description=__doc__, default=default)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train, evaluate, render; returns the last logged metrics."""
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -81,8 +81,26 @@ def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
+# Set while a resumed run builds its model (see weights_from_checkpoint).
+_FROM_CHECKPOINT = [False]
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint():
+    """While a resumed run builds its model: the checkpoint it loads next holds every body's
+    weights, so none are read (or downloaded) now; a missing ImageNet file or a moved
+    weights file does not stop a run that no longer needs them."""
+    _FROM_CHECKPOINT[0] = True
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT[0] = False
+
+
 def resolve_body_state(arch: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """The state dict to load into the body (None = keep random init) and where it came from."""
+    if _FROM_CHECKPOINT[0]:
+        return None, "checkpoint"
     if weights == "random":
         return None, "random"
     if weights == "imagenet":

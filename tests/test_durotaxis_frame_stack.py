@@ -31,6 +31,7 @@ from envs.durotaxis import (
 )
 from tests.test_ppo_reliability import assert_same_run, checkpoint_of, stop_after_iterations
 from training.ranges import ConfigError
+from training.run import RunStopped
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -346,7 +347,7 @@ def test_resume_with_three_frames_is_exact(tmp_path, monkeypatch):
     args = [*TINY, "--ppo.total_timesteps=24", "--eval_episodes=0", "--video=False"]
     once, twice = tmp_path / "once", tmp_path / "twice"
     train_ppo.main([*args, f"--output_dir={once}"])
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, pytest.raises(RunStopped):
         stop_after_iterations(patch, 2)
         train_ppo.main([*args, f"--output_dir={twice}"])
     assert checkpoint_of(twice)["extra"]["iteration"] == 2

@@ -17,6 +17,8 @@ import train_ppo
 from envs.durotaxis import DurotaxisConfig, DurotaxisCore, random_policy
 from training.checkpoint import load_checkpoint
 from training.cli import run_main
+from training.run import RunStopped
+from training.run_outcome import EXIT_STOPPED, RunOutcome, read_outcome
 
 # 2 envs x 4 steps = 8 steps an iteration, 4 iterations; episodes (6 steps) straddle
 # iterations, so a resume that loses the environments' state shows.
@@ -190,7 +192,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, freeze_mode):
     args = [*TINY, f"--backbone.freeze_mode={freeze_mode}"]
     once, twice = tmp_path / "once", tmp_path / "twice"
     final_once = train_ppo.main([*args, f"--output_dir={once}"])
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, pytest.raises(RunStopped):
         stop_after_iterations(patch, 2)
         train_ppo.main([*args, f"--output_dir={twice}"])
     assert checkpoint_of(twice)["extra"]["iteration"] == 2
@@ -240,8 +242,11 @@ def test_signal_writes_a_checkpoint_exits_cleanly_and_resumes(tmp_path, sig):
         time.sleep(0.1)
     proc.send_signal(getattr(signal, sig))
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == EXIT_STOPPED, output
     assert f"{sig} at step" in output and "--resume=True" in output, output
+    assert read_outcome(out) == RunOutcome("stopped", ckpt_step := checkpoint_of(out)["step"],
+                                           sig, read_outcome(out).time)
+    assert ckpt_step > 0
     ckpt = checkpoint_of(out)
     step, iteration = ckpt["step"], ckpt["extra"]["iteration"]
     assert 0 < step < 8_000_000 and step == 8 * iteration
@@ -332,12 +337,25 @@ def _truncated_checkpoint(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _config_says(section: str, key: str, value):
+    """Damage: the run's config.json claims another setting than its checkpoint was made
+    with (a resume takes its settings from config.json, so flags cannot make the mismatch)."""
+    def damage(path: Path) -> None:
+        config_path = path.parent.parent / "config.json"
+        config = json.loads(config_path.read_text())
+        config[section][key] = value
+        config_path.write_text(json.dumps(config, indent=2))
+    return damage
+
+
 @pytest.mark.parametrize(
     ("flags", "damage", "needle"),
     [
-        (["--backbone.arch=resnet34"], None, "does not fit this model"),
-        (["--backbone.freeze_mode=last_block"], None, "optimizer state does not fit"),
-        (["--ppo.num_envs=4"], None, "environment state does not fit"),
+        (["--backbone.arch=resnet34"], None, "--backbone.arch saved 'resnet18', now 'resnet34'"),
+        ([], _config_says("backbone", "arch", "resnet34"), "does not fit this model"),
+        ([], _config_says("backbone", "freeze_mode", "last_block"),
+         "optimizer state does not fit"),
+        ([], _config_says("ppo", "num_envs", 4), "environment state does not fit"),
         ([], _truncated_checkpoint, "refusing to load"),
         ([], _pickled_checkpoint, "refusing to load"),
     ],
@@ -350,7 +368,8 @@ def test_a_checkpoint_that_does_not_fit_is_refused_touching_nothing(
     if damage is not None:
         damage(out / "checkpoints" / "last.pt")
     before = files_of(out)
-    code, message = run_cli([*TINY, *flags, f"--output_dir={out}", "--resume=True"], capsys)
+    # The run's own settings come from its config.json: the resume command needs no others.
+    code, message = run_cli([*flags, f"--output_dir={out}", "--resume=True"], capsys)
     assert_one_line_error(code, message, needle)
     assert files_of(out) == before, "a refused resume must leave the run as it was"
     assert not (out / "checkpoints" / "executed").exists()

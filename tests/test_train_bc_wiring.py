@@ -13,6 +13,7 @@ from envs import bc_tasks
 from tests.toy_bc import ToyAgent, ToyConfig
 from training.checkpoint import load_checkpoint
 from training.ranges import ConfigError
+from training.run_outcome import EXIT_STOPPED
 
 
 @pytest.fixture(autouse=True)
@@ -143,13 +144,14 @@ def test_nonfinite_gradient_can_be_skipped(tmp_path):
 SIGNAL_SCRIPT = """
 import sys, agents, train_bc
 from envs import bc_tasks
+from training.cli import run_main
 from tests.toy_bc import ToyAgent, ToyConfig
 agents.AGENTS["toy"] = (ToyConfig, ToyAgent)
 bc_tasks.BC_TASKS["toy-task"] = bc_tasks.BCTask(
     "toy-task", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator", "toy")
 sys.argv = ["train_bc.py", "--env_name=toy-task", "--device=cpu", "--wandb.mode=disabled",
             "--log_interval=1", "--eval_interval=0", "--batch_size=8", *sys.argv[1:]]
-train_bc.main()
+run_main(train_bc.main)
 """
 
 
@@ -172,7 +174,7 @@ def test_signal_writes_final_checkpoint_and_exits_cleanly(tmp_path, sig):
         time.sleep(0.1)
     proc.send_signal(getattr(signal, sig))
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
+    assert proc.returncode == EXIT_STOPPED, output
     assert f"{sig} at step" in output and "--resume=True" in output
     step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 10_000_000

@@ -9,12 +9,15 @@ docstrings. Flag conversion is off, so booleans are written the way users type t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import io
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tyro
 
@@ -46,7 +49,63 @@ def parse_config(
         if exit_.code in (0, None):  # --help
             sys.stderr.write(captured.getvalue())
             raise
-        raise ConfigError(one_line(captured.getvalue())) from None
+        message = one_line(captured.getvalue())
+        if message.startswith("Unrecognized options:"):
+            message = with_suggestions(message, known_flags(config_class, default))
+        raise ConfigError(message) from None
+
+
+def known_flags(config_class: type, default: Any = None) -> list[str]:
+    """Every flag a config takes, as users type them without `--` (`ppo.gamma`, `seed`)."""
+    from training.settings import flag_values
+
+    if default is not None:
+        return list(flag_values(default))
+    flags: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            kind = hints[field.name]
+            # The run settings are flags without a prefix (tyro.conf.OmitArgPrefixes).
+            path = "" if field.name == "run" else f"{prefix}{field.name}."
+            if dataclasses.is_dataclass(kind):
+                walk(kind, path)
+            else:
+                flags.append(f"{prefix}{field.name}")
+
+    walk(config_class, "")
+    return flags
+
+
+# Words users write for what the configs abbreviate.
+_SYNONYMS = {"learning_rate": "lr", "rate": "lr", "num_epochs": "update_epochs",
+             "epochs": "update_epochs", "steps": "total_timesteps"}
+
+
+def close_flags(unknown: str, known: Sequence[str], n: int = 3) -> list[str]:
+    """The known flags nearest an unknown one: by its whole path, and by its last word
+    (`ppo.learning_rate` -> the `*_lr` flags)."""
+    name = unknown.removeprefix("--").partition("=")[0]
+    last = name.rpartition(".")[2]
+    last = _SYNONYMS.get(last, last)
+    by_path = difflib.get_close_matches(name, known, n=n, cutoff=0.75)
+    by_word = [k for k in known if last in k.rpartition(".")[2].split("_")
+               or difflib.SequenceMatcher(None, last, k.rpartition(".")[2]).ratio() >= 0.8]
+    return list(dict.fromkeys([*by_path, *by_word]))[:n]
+
+
+def with_suggestions(message: str, known: Sequence[str]) -> str:
+    """tyro's "Unrecognized options: ..." with the nearest real flag of each option."""
+    listed = re.split(r"[,\s]+", message.removeprefix("Unrecognized options:")
+                      .removesuffix("(see --help)"))
+    hints = []
+    for option in listed:
+        if option.startswith("--") and (near := close_flags(option, known)):
+            hints.append(f"{option.partition('=')[0]}: did you mean "
+                         f"{' or '.join('--' + k for k in near)}?")
+    return message if not hints else f"{message.removesuffix(' (see --help)')}; " \
+        f"{'; '.join(hints)} (see --help)"
 
 
 def one_line(tyro_message: str) -> str:
@@ -117,11 +176,12 @@ def run_main(main: Callable[[], object]) -> None:
     Set RLENC_TRACEBACK=1 to see the full traceback of such an error.
     """
     from encoders import ImageNetWeightsUnavailable
-    from training.guards import NonFiniteGradient
+    from training.guards import NonFiniteGradient, StopRequested
     from training.logger import WandbUnavailable
     from training.ranges import ConfigError
-    from training.run import EvaluationFailed
+    from training.run import EvaluationFailed, RunStopped
     from training.run_dir import RunDirError
+    from training.run_outcome import EXIT_STOPPED
 
     user_errors = (
         ValueError,
@@ -136,6 +196,17 @@ def run_main(main: Callable[[], object]) -> None:
     )
     try:
         main()
+    except (RunStopped, StopRequested, KeyboardInterrupt) as err:
+        # A stop, not an error: the run said what it kept (RunStopped); a stop before any
+        # run began (StopRequested, KeyboardInterrupt) has nothing to keep.
+        if os.environ.get("RLENC_TRACEBACK"):
+            raise
+        said = str(err) if isinstance(err, RunStopped) else (
+            f"{getattr(err, 'signal_name', 'SIGINT')}: stopped before a run began; nothing "
+            f"was written")
+        if said:
+            print(f"\n{said}", file=sys.stderr)
+        raise SystemExit(EXIT_STOPPED) from None
     except user_errors as err:
         if os.environ.get("RLENC_TRACEBACK"):
             raise

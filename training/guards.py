@@ -82,6 +82,47 @@ class NonFiniteGuard:
         return int(skipped)
 
 
+class StopRequested(BaseException):
+    """A SIGINT / SIGTERM outside the training loop (demo generation, cache builds, ...).
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` does not swallow
+    it. A phase that keeps something (demos written so far) catches it, puts its files in
+    order and raises it again with `kept` saying what it kept and how the next run uses it.
+    """
+
+    def __init__(self, signal_name: str, kept: str | None = None) -> None:
+        super().__init__(signal_name if kept is None else f"{signal_name}: {kept}")
+        self.signal_name = signal_name
+        self.kept = kept
+
+
+class StopRaises:
+    """Context manager: SIGINT / SIGTERM raise StopRequested where the program is.
+
+    For the phases before and after the training loop, which do not poll a flag: Python
+    runs the handler between bytecodes of the main thread, as it raises KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+
+    @staticmethod
+    def _handle(signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRaises:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 class StopOnSignal:
     """Context manager: the first SIGINT/SIGTERM sets `.requested`; a second SIGINT aborts."""
 

@@ -9,17 +9,20 @@
                 ...
                 skipped = run.check_finite(where)  # at sync points
                 run.save(step, rank_state, shared)
-                if run.should_stop(stop, sync_point): run.announce_stop(stop, step); break
+                if run.should_stop(stop, sync_point): run.stopped(stop, step)  # raises
         run.evaluate(step, evaluate_fn)            # a failure costs no trained weights
 
 What it owns: world and device (torchrun or a world of one), threads and seeds, the run
 directory (choose, refuse, overwrite only a run of ours and only after every input is
 checked, one process at a time), the resume check (same settings as the saved
-config.json, bar an allow-list, each accepted change recorded under `resumes`), the
+config.json, bar an allow-list, each accepted change recorded under `resumes`; made before
+anything is read or built, and no pretrained weights are loaded for a model whose
+checkpoint replaces them), how the run ended (`outcome.json`, training/run_outcome.py), the
 machine record (config.json `machine`; each resume's own, with a note when it changed:
 runs repeat bit for bit only on one CPU type), the logger, the parameter report,
-checkpoints in one layout, the non-finite gradient message, signals with the resume hint,
-and closing all of it, also when the run fails.
+checkpoints in one layout, the non-finite gradient message, signals in every phase (the
+training loop polls a flag; elsewhere a signal raises StopRequested) with one line saying
+what was kept and how to go on, and closing all of it, also when the run fails.
 
 Checkpoint layout (read with `weights_only=True`): `model`, `optimizer`, `step`, `config`,
 `rng`, `frozen`, and `extra = {"ranks": [per-process state, rank order; each has "rng"],
@@ -28,8 +31,10 @@ Checkpoint layout (read with `weights_only=True`): `model`, `optimizer`, `step`,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from encoders.weights import weights_from_checkpoint
 from training.checkpoint import (
     load_checkpoint,
     load_model_state,
@@ -56,7 +62,13 @@ from training.distributed import (
     init_world,
     stop_agreed,
 )
-from training.guards import NonFiniteGradient, NonFiniteGuard, StopOnSignal
+from training.guards import (
+    NonFiniteGradient,
+    NonFiniteGuard,
+    StopOnSignal,
+    StopRaises,
+    StopRequested,
+)
 from training.logger import RunLogger, WandbConfig
 from training.machine import describe_machine, machine_kind
 from training.parameter_report import encoder_weight_sources, parameter_report
@@ -67,6 +79,7 @@ from training.run_dir import (
     choose_run_dir,
     write_marker,
 )
+from training.run_outcome import write_outcome
 from training.seeding import seed_everything
 from training.settings import RunSettings, flag_values, resume_changes
 
@@ -75,6 +88,11 @@ T = TypeVar("T")
 
 class EvaluationFailed(Exception):
     """An evaluation crashed; the trained weights were saved first (one line says where)."""
+
+
+class RunStopped(Exception):
+    """A signal stopped the run; the message (rank 0's; empty on the others) says what was
+    kept and how to continue. The entry exits with run_outcome.EXIT_STOPPED."""
 
 
 @dataclass
@@ -156,8 +174,17 @@ class Run:
         self._tracked: tuple[nn.Module, torch.optim.Optimizer] | None = None
         self._saved_step: int | None = None
         self._changes: dict[str, tuple[Any, Any]] = {}
+        self._made_dir = False  # this process created the run directory (a new run)
+        # Until the training loop polls for signals, a signal raises StopRequested.
+        self._stop_raises = StopRaises().__enter__()
+        self._restoring: contextlib.AbstractContextManager | None = None
         try:
             self._choose_dir(name, [*[i for i in inputs if i], *input_paths(config)])
+            if settings.resume:  # before any checkpoint is read or any weight loaded
+                self._changes = self._on_main(self._check_resume)
+                # The model gets every weight from the checkpoint: load (or download) none.
+                self._restoring = weights_from_checkpoint()
+                self._restoring.__enter__()
         except BaseException:
             self.close()
             raise
@@ -215,6 +242,7 @@ class Run:
         """The model and optimizer that checkpoints hold; loads them when resuming."""
         self._tracked = (model, optimizer)
         self.guard = NonFiniteGuard(optimizer, skip=self.settings.skip_nonfinite)
+        self._end_restoring()
         if not self.settings.resume:
             return None
         # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
@@ -239,10 +267,9 @@ class Run:
     ) -> RunLogger:
         """Write the run directory (every input has been accepted by now) and start logging."""
         resume_step = self._saved_step if self.settings.resume else None
-        if resume_step is not None:  # after the checkpoint fitted: the same run, or nothing
-            self._changes = self._on_main(self._check_resume)
         if self.is_main:
             self._make_dir()
+            write_outcome(self.dir, "running", resume_step)
         self.logger = RunLogger(
             self.dir,
             self.config,
@@ -262,6 +289,8 @@ class Run:
         if resume_step is None:
             facts["machine"] = machine
         elif self.is_main:  # the first machine stays; each resume says where it went on
+            # The facts found when the run began stay (its weights came from the checkpoint).
+            facts = {k: v for k, v in facts.items() if k not in self.logger.config}
             previous = self.logger.config.get("resumes", [])
             record = {"step": resume_step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "machine": machine,
@@ -287,6 +316,7 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
             if fresh:
                 write_marker(self.dir, self.entry)
+                self._made_dir = True
             if self._lock is None or self._replaced is not None:
                 old, self._lock = self._lock, RunDirLock(self.dir)
                 if old is not None:
@@ -351,13 +381,19 @@ class Run:
         """Whether to stop after this step (with several processes: all at a sync point)."""
         return stop_agreed(stop.requested is not None, self.world, self.device, sync_point)
 
-    def announce_stop(self, stop: StopOnSignal, step: int) -> None:
-        """The line that says where the weights are and how to go on."""
-        if self.is_main:
-            tqdm.write(
-                f"{stop.requested or 'stop signal'} at step {step}: wrote {self.ckpt_path}; "
-                f"continue with --output_dir={self.dir} --resume=True"
-            )
+    def stopped(self, stop: StopOnSignal, step: int) -> None:
+        """End the run after the checkpoint of `step`: raises RunStopped, whose one line
+        says where the weights are and how to go on."""
+        signal_name = stop.requested or "stop signal"
+        if not self.is_main:
+            raise RunStopped("")
+        write_outcome(self.dir, "stopped", step, signal_name)
+        raise RunStopped(f"{signal_name} at step {step}: wrote {self.ckpt_path}; "
+                         f"continue with {self.resume_hint()}")
+
+    def resume_hint(self) -> str:
+        """The flags that continue this run, as a user types them."""
+        return f"--output_dir={self.dir} --resume=True"
 
     def evaluate(self, step: int, evaluate: Callable[[], T]) -> T:
         """Run an evaluation; if it fails, say so in one line naming the saved weights.
@@ -383,21 +419,68 @@ class Run:
 
     # ----- the end -----------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Finish logging, leave the process group, release the directory."""
-        if self._replaced is not None:  # failed before the new run wrote anything
-            self._replaced.restore()
-            self._replaced = None
+    def _end_restoring(self) -> None:
+        if self._restoring is not None:
+            self._restoring.__exit__(None, None, None)
+            self._restoring = None
+
+    def _ended(self, error: BaseException | None) -> BaseException | None:
+        """Record how the run ended (rank 0, once its directory exists); returns what to
+        raise instead of `error`: a stop outside the loop becomes RunStopped, one line."""
+        written = self.is_main and self.logger is not None
+        if error is None or isinstance(error, RunStopped):
+            if written and error is None:
+                write_outcome(self.dir, "finished", self._saved_step)
+            return error
+        if not isinstance(error, (StopRequested, KeyboardInterrupt)):
+            if written:
+                reason = (str(error).strip().splitlines() or [""])[0][:300]
+                write_outcome(self.dir, "failed", self._saved_step,
+                              f"{type(error).__name__}: {reason}")
+            return error
+        signal_name = getattr(error, "signal_name", "SIGINT")
+        kept = getattr(error, "kept", None)
+        said = f"{signal_name} before the training loop ended" + (f": {kept}" if kept else "")
+        if not self.is_main:
+            return RunStopped("")
+        if self._saved_step is not None:
+            write_outcome(self.dir, "stopped", self._saved_step, signal_name)
+            return RunStopped(f"{said}; the weights of step {self._saved_step} are in "
+                              f"{self.ckpt_path}; continue with {self.resume_hint()}")
+        if self._made_dir:  # it holds nothing but its settings: the same command starts over
+            self.close_logger()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._made_dir = False
+            return RunStopped(f"{said}; no checkpoint had been written, so {self.dir} was "
+                              f"removed; rerun the same command to start again")
+        return RunStopped(f"{said}; no checkpoint had been written; rerun the same command "
+                          f"to start again")
+
+    def close_logger(self) -> None:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+
+    def close(self) -> None:
+        """Finish logging, leave the process group, release the directory."""
+        self._end_restoring()
+        if self._replaced is not None:  # failed before the new run wrote anything
+            self._replaced.restore()
+            self._replaced = None
+        self.close_logger()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
         close_world(self.world)
+        self._stop_raises.__exit__(None, None, None)
 
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            instead = self._ended(error)
+        finally:
+            self.close()
+        if instead is not error:
+            raise instead from None

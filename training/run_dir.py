@@ -31,6 +31,8 @@ RUN_FILES = {
     "metrics.jsonl",
     "metrics.rewound.jsonl",
     "final_metrics.json",
+    "outcome.json",
+    ".outcome.json.tmp",
     "wandb_id.txt",
     "episode.gif",
     "learning_curve.png",
