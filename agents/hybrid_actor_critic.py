@@ -261,17 +261,23 @@ class HybridActorCritic(nn.Module):
         new log-probs come from one function; BatchNorm statistics therefore never move by
         themselves, and with a randomly initialised body they would stay 0 / 1. After each
         update, PPO calls this on the rollout it just used (its observations, or the
-        frozen-prefix outputs the buffer kept): the statistics become the cumulative
-        average over the rollout under the new weights (as torch.optim.swa_utils.update_bn
-        computes them), and hold until the next update. Returns the layers refreshed.
+        frozen-prefix outputs the buffer kept), `chunk` samples per forward in train mode;
+        each layer's statistics become those of everything it was given, as one pass over
+        the whole rollout sets them (InputMoments), and hold until the next update. A
+        cumulative average of the chunks' statistics (BatchNorm's momentum=None, as
+        torch.optim.swa_utils.update_bn does) would miss the spread between the chunks'
+        means, which the pool over ranks (train_ppo.pool_batch_norm_over_ranks) counts.
+        Past the first trainable layer, a layer's input is normalised by the earlier
+        layers with each chunk's own statistics (train mode), not the rollout's: close to
+        one pass, not equal. Returns the layers refreshed.
         """
         layers = self.trainable_batch_norms()
         if not layers:
             return layers
-        momenta = [m.momentum for m in layers]
+        moments = [InputMoments() for _ in layers]
+        hooks = [m.register_forward_pre_hook(s) for m, s in zip(layers, moments, strict=True)]
         for m in layers:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the chunks
+            m.reset_running_stats()  # num_batches_tracked then counts this refresh's chunks
             m.train()
         try:
             if "prefix" in batch:
@@ -281,9 +287,12 @@ class HybridActorCritic(nn.Module):
                 for part in batch["obs"].split(chunk):
                     self.encode(part)
         finally:
-            for m, momentum in zip(layers, momenta, strict=True):
-                m.momentum = momentum
+            for hook in hooks:
+                hook.remove()
+            for m in layers:
                 m.eval()
+        for m, s in zip(layers, moments, strict=True):
+            s.write_to(m)
         return layers
 
     def components(self) -> dict[str, nn.Module]:
@@ -356,3 +365,48 @@ class HybridActorCritic(nn.Module):
             "actor_features": actor_f,
             "critic_features": critic_f,
         }
+
+
+class InputMoments:
+    """What a BatchNorm layer was given over several forwards (the chunks of a rollout),
+    reduced to the statistics of all of it at once: a forward pre-hook.
+
+    Per channel (over samples and positions) each forward leaves its element count n_c,
+    mean m_c and variance v_c; together, with N = sum n_c,
+
+        mean = sum n_c m_c / N,    var = sum n_c (v_c + (m_c - mean)^2) / (N - 1),
+
+    the mean of the chunks' variances plus the variance of their means (weighted by size),
+    in BatchNorm's convention for running_var: unbiased, N / (N - 1) times the variance.
+    These are exactly the running statistics that one train-mode forward over all of it
+    with momentum=None would leave.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, layer: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach().float()
+        var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
+        self.parts.append((x.numel() // x.shape[1], mean, var))
+
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, unbiased variance) per channel over every element seen."""
+        means = torch.stack([m for _, m, _ in self.parts])
+        variances = torch.stack([v for _, _, v in self.parts])
+        counts = torch.tensor([n for n, _, _ in self.parts], dtype=means.dtype,
+                              device=means.device)
+        total = counts.sum()
+        weights = (counts / total).unsqueeze(1)
+        mean = (weights * means).sum(0)
+        spread = (weights * (variances + (means - mean) ** 2)).sum(0)
+        return mean, spread * total / (total - 1).clamp(min=1)
+
+    def write_to(self, layer: nn.modules.batchnorm._BatchNorm) -> None:
+        """Set `layer`'s running statistics to the pooled ones (left as they are when the
+        layer saw nothing)."""
+        if not self.parts:
+            return
+        mean, var = self.pooled()
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_(var)

@@ -76,6 +76,16 @@ class PPOConfig:
                 f"--ppo.num_minibatches={self.num_minibatches} is more than the "
                 f"{self.batch_size} transitions of a rollout (ppo.num_envs x ppo.num_steps)"
             )
+        if self.norm_adv and self.smallest_minibatch == 1:
+            # torch's std of one sample is NaN (unbiased), and so would every loss be. Each
+            # torchrun process steps its own num_envs: this is the per-process minibatch too.
+            raise ConfigError(
+                f"ppo.num_envs * ppo.num_steps / ppo.num_minibatches = {self.num_envs} * "
+                f"{self.num_steps} / {self.num_minibatches} leaves a minibatch of 1 sample; "
+                f"advantages cannot be normalised over one sample: use fewer "
+                f"--ppo.num_minibatches, more --ppo.num_envs or --ppo.num_steps, or "
+                f"--ppo.norm_adv=False"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -86,6 +96,12 @@ class PPOConfig:
     def minibatch_size(self) -> int:
         """Transitions per minibatch."""
         return self.batch_size // self.num_minibatches
+
+    @property
+    def smallest_minibatch(self) -> int:
+        """Transitions in the smallest minibatch of an epoch (ppo_update's last one is the
+        remainder when num_minibatches does not divide the rollout)."""
+        return self.batch_size % self.minibatch_size or self.minibatch_size
 
     @property
     def num_iterations(self) -> int:

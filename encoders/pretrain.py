@@ -28,6 +28,7 @@ it reads only when its task runs (encoders/ sits below envs/ and training/).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from tqdm import tqdm
 from encoders.config import Arch, EncoderConfig, InputAdapter
 from encoders.pretrain_data import PretrainData, RegressionSet, durotaxis_data, lift_data
 from encoders.resnet import _IMAGENET_MEAN, _IMAGENET_STD, ResNetEncoder
+from encoders.torch_files import write_failure
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,12 +290,48 @@ def sidecar_path(path: Path) -> Path:
 
 
 def save_body(path: Path, state: dict[str, torch.Tensor], record: dict) -> None:
-    """torch.save the state dict (renamed into place when complete) and write PATH.json."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """torch.save the state dict and PATH.json, each renamed into place when complete.
+
+    A write that fails (a full disk) leaves no `.partial` file (45 MB for a ResNet-18) and
+    raises one ValueError line; files already at PATH are untouched.
+    """
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    partial.replace(path)
-    sidecar_path(path).write_text(json.dumps(record, indent=2) + "\n")
+    sidecar = sidecar_path(path)
+    sidecar_partial = sidecar.with_name(sidecar.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            torch.save(state, f)  # to a file object: a full disk's OSError stays in the chain
+        sidecar_partial.write_text(json.dumps(record, indent=2) + "\n")
+        partial.replace(path)
+        sidecar_partial.replace(sidecar)
+    except (OSError, RuntimeError) as err:
+        cause = err if isinstance(err, OSError) else write_failure(err)
+        if cause is None:
+            raise
+        raise ValueError(f"could not write {path}: {cause.strerror or cause}; nothing was "
+                         f"written (the trained body is lost: free space and run again)"
+                         ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+        sidecar_partial.unlink(missing_ok=True)
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written, before minutes of training, not after."""
+    for existing in (out, sidecar_path(out)):
+        if existing.is_dir():
+            raise ValueError(f"--out {existing} is a directory; name the body file to write "
+                             f"(e.g. {existing / 'body.pt'})")
+        if existing.exists() and not overwrite:
+            raise FileExistsError(f"--out {existing} exists; pass --overwrite=True to replace it")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {ancestor} (permission denied); choose "
+                         f"another --out")
 
 
 def _format(losses: dict[str, float]) -> str:
@@ -306,9 +344,7 @@ def _format(losses: dict[str, float]) -> str:
 def run(cfg: PretrainConfig) -> dict:
     """Load the task's data, pretrain, save; returns what the sidecar records."""
     out = Path(cfg.out).expanduser()
-    for existing in (out, sidecar_path(out)):
-        if existing.exists() and not cfg.overwrite:
-            raise FileExistsError(f"--out {existing} exists; pass --overwrite=True to replace it")
+    check_out(out, cfg.overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     from training.device import resolve_device  # lazy: encoders/ imports no training/
@@ -343,6 +379,10 @@ def run(cfg: PretrainConfig) -> dict:
         "torch": torch.__version__,
         "load_with": f"weights={out}",
     }
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # checked before training; changed since
+        raise ValueError(f"could not create {out.parent}: {err.strerror or err}") from None
     save_body(out, torchvision_body_state(encoder), record)
     print(f"wrote {out} (torchvision-format {cfg.arch} body; load with weights={out})")
     return record

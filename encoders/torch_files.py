@@ -1,4 +1,5 @@
-"""Why `torch.load(weights_only=True)` refused a file, in words a user can act on.
+"""Why `torch.load(weights_only=True)` refused a file, in words a user can act on; what
+made `torch.save` fail.
 
 torch reports a file of random bytes and a file that carries pickled code alike, as an
 UnpicklingError "Weights only load failed" (the random bytes are read as pickle opcodes
@@ -9,12 +10,17 @@ looks for the opcodes that import or call Python objects.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import pickle
 import pickletools
+import re
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 # Opcodes that import a global or call/build an object: what makes a pickle run code.
 _OBJECT_OPCODES = frozenset(
@@ -26,6 +32,49 @@ _SCAN_LIMIT = 64 << 20  # bytes of a file read to classify it (the pickles lead 
 Failure = Literal["pickled_objects", "not_torch_file", "damaged"]
 
 
+def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(path, weights_only=True); a file it cannot read is one ValueError line.
+
+    torch's own text goes on to suggest weights_only=False, i.e. running the file, and says
+    the same of a file of random bytes as of one that carries code.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist" if not path.exists()
+                                else f"{path} is not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(refusal(path, err)) from None
+
+
+def refusal(path: Path, err: Exception) -> str:
+    """The one line that refuses `path`, torch.load having raised err."""
+    kind, reason = load_failure(path, err)
+    if kind == "pickled_objects":
+        reason = "it holds pickled Python objects, which could run code when loaded"
+        return f"refusing to load {path}: not a tensors-only checkpoint ({reason})"
+    if kind == "not_torch_file":
+        return f"refusing to load {path}: it is not a torch checkpoint (unreadable: {reason})"
+    return f"refusing to load {path}: it is damaged or truncated ({reason})"
+
+
+def write_failure(err: RuntimeError) -> OSError | None:
+    """The OSError behind a RuntimeError of torch.save, or None when there is none.
+
+    Writing to a file object on a full disk, torch's zip writer raises OSError(ENOSPC),
+    then, closing the archive on the way out, replaces it with a RuntimeError ("unexpected
+    pos ..."); the OSError is left in its chain.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return OSError(seen.errno, seen.strerror or str(seen), seen.filename)
+        seen = seen.__cause__ or seen.__context__
+    if "No space left" in str(err):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
 def load_failure(path: Path, err: Exception) -> tuple[Failure, str]:
     """(kind, one-line reason) for torch.load(path, weights_only=True) having raised err.
 
@@ -33,7 +82,7 @@ def load_failure(path: Path, err: Exception) -> tuple[Failure, str]:
     not_torch_file: it is no pickle or torch zip at all (random bytes, text, empty);
     damaged: it starts like a torch file but cannot be read (truncated, corrupted).
     """
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    reason = clip((str(err).strip().splitlines() or [type(err).__name__])[0])
     weights_only = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(
         err
     )
@@ -63,7 +112,27 @@ def _weights_only_reason(message: str) -> str:
     """The unpickler's own reason inside torch's 'Weights only load failed' text."""
     _, _, rest = message.partition("WeightsUnpickler error:")
     lines = [line.strip() for line in rest.splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
+    return clip(lines[0]) if lines else ""
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """`text` cut to whole sentences within `limit` characters, never mid-sentence.
+
+    torch's messages run on ("... there is a high likelihood that your checkpoint file is
+    corrupted. This can happen if ..."): a plain cut at `limit` left "... your checkpoint
+    file is" in our one-line errors.
+    """
+    if len(text) <= limit:
+        return text
+    kept = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if len(kept) + len(sentence) + 1 > limit:
+            break
+        kept = f"{kept} {sentence}".strip()
+    if kept:
+        return kept
+    head = text[: limit - 4].rsplit(" ", 1)[0]  # one long sentence: cut at a word, say so
+    return f"{head} ..."
 
 
 def _zip_pickle(data: bytes) -> bytes | None:
@@ -92,7 +161,7 @@ def _scan_pickles(data: bytes) -> tuple[bool, bool, str | None]:
                     end = at
         except Exception as err:  # ValueError: unknown opcode, truncated argument, ...
             problem = f"at byte {pos}: {err}" if pos else str(err)
-            return objects, parsed_one, problem[:200]
+            return objects, parsed_one, clip(problem)
         if end is None:
             return objects, parsed_one, f"at byte {pos}: the pickle never ends"
         objects = objects or bool(seen & _OBJECT_OPCODES)

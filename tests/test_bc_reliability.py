@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -575,10 +576,20 @@ def test_resume_with_another_architecture_or_no_checkpoint(
         *ad_args(histories, "--agent.d_model=32", "--offline_steps=4"),
         f"--output_dir={ad_run}",
         "--resume=True",
-    )
+    )  # the settings are compared first, before the checkpoint is read
+    assert "--agent.d_model saved 16, now 32; drop them" in message
+    assert snapshot(ad_run) == before
+    # A config.json that claims another architecture than its checkpoint holds.
+    claims = tmp_path / "claims"
+    shutil.copytree(ad_run, claims)
+    config = json.loads((claims / "config.json").read_text())
+    config["agent"]["d_model"] = 32
+    (claims / "config.json").write_text(json.dumps(config))
+    before = snapshot(claims)
+    message = cli_error(monkeypatch, capsys, f"--output_dir={claims}", "--resume=True")
     assert "does not fit this model" in message and "of another shape" in message
     assert "made with another architecture or config" in message
-    assert snapshot(ad_run) == before
+    assert snapshot(claims) == before
 
     empty = tmp_path / "not_a_run"
     empty.mkdir()
@@ -587,8 +598,8 @@ def test_resume_with_another_architecture_or_no_checkpoint(
         message = cli_error(
             monkeypatch, capsys, *ad_args(histories), f"--output_dir={folder}", "--resume=True"
         )
-        assert f"--resume: no checkpoint at {folder / 'checkpoints' / 'last.pt'}" in message
-        assert "start the run without --resume=True" in message
+        assert f"--resume=True: {folder} " in message
+        assert "there is no run to continue" in message and "drop --resume" in message
     assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]
     assert not (tmp_path / "nothing_here").exists()
 
@@ -653,6 +664,8 @@ def test_resume_checkpoint_with_pickled_code_is_refused(
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoints").mkdir()
+    for name in ("run.json", "config.json"):
+        shutil.copy(ad_run / name, run / name)
     marker = tmp_path / "ran"
     ckpt = load_checkpoint(ad_run / "checkpoints" / "last.pt")
     torch.save({**ckpt, "extra": {"sampler": CreatesFile(marker)}}, run / "checkpoints" / "last.pt")

@@ -8,6 +8,7 @@ import torch
 
 from envs.darkroom.curves import CurvesConfig, curves_report, latest_evaluation
 from envs.darkroom.histories import HistoriesConfig, generate_histories, save_histories
+from training.run_outcome import write_outcome
 
 
 def fake_sweep(root, curves_per_label, split="test"):
@@ -21,7 +22,7 @@ def fake_sweep(root, curves_per_label, split="test"):
             (ev / "in_context_return.json").write_text(json.dumps({
                 "return_per_episode": curve, "goals": split, "optimal_return": 17.0,
                 "random_return": 0.3}))
-            (root / f"{rel}.done").write_text("")
+            write_outcome(root / rel, "finished")
             runs[rel] = {"dir": rel, "config": {"c": label}, "status": "finished"}
     (root / "sweep.json").write_text(json.dumps({"entry": "train_bc.py", "grid": ["c"],
                                                  "runs": runs}))
@@ -89,7 +90,7 @@ def test_a_sweep_without_grid_is_named_by_its_directory_or_label(tmp_path):
         (ev / "in_context_return.json").write_text(json.dumps({
             "return_per_episode": curve, "goals": "test", "optimal_return": 1.0,
             "random_return": 0.0}))
-        (root / f"seed={seed}.done").write_text("")
+        write_outcome(root / f"seed={seed}", "finished")
         runs[f"seed={seed}"] = {"dir": f"seed={seed}", "config": {}, "status": "finished"}
     (root / "sweep.json").write_text(json.dumps({"entry": "train_bc.py", "grid": {},
                                                  "runs": runs}))

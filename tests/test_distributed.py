@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from training.checkpoint import load_checkpoint
-from training.distributed import World
+from training.distributed import LossForward, World, data_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +111,56 @@ def test_shards_split_the_global_batch_and_refuse_a_remainder():
     assert [(s.start, s.stop) for s in shards] == [(0, 2), (2, 4), (4, 6), (6, 8)]
     with pytest.raises(ValueError, match="does not split evenly over 4 processes"):
         World(rank=0, world_size=4).shard(10)
+
+
+def _fbc_broadcast_probe(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: two fbc updates through DDP, recording what DDP broadcasts
+    before each forward (its buffers); saves the names and the EMA's state."""
+    from agents.fbc import FBCAgent
+    from tests.test_fbc import CPU, fake_batch, small_cfg, small_spec
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # as train_bc: every rank builds the same agent, then its own noise
+        spec = small_spec()
+        agent = FBCAgent(small_cfg(freeze_encoder=False, share_encoder=True), spec, CPU)
+        ddp = data_parallel(LossForward(agent, agent.loss), World(rank, 2, 0), CPU)
+        torch.manual_seed(1 + rank)
+        sent: list[torch.Tensor] = []
+        send = ddp._distributed_broadcast_coalesced
+
+        def recording(tensors, *args, **kwargs):
+            sent.extend(tensors)
+            return send(tensors, *args, **kwargs)
+
+        ddp._distributed_broadcast_coalesced = recording
+        for step in range(2):
+            agent.update(fake_batch(spec, seed=10 * rank + step), ddp)
+        names = {id(t): f"policy.{n}" for n, t in agent.policy.named_buffers()}
+        names.update({id(t): f"ema.{n}" for n, t in agent.ema.named_buffers()})
+        torch.save({"sent": [names.get(id(t), "?") for t in sent],
+                    "ddp_buffers": [n for n, _ in ddp.module.named_buffers()],
+                    "ema": agent.ema.state_dict()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fbc_under_ddp_broadcasts_its_own_statistics_and_no_ema(tmp_path):
+    """DDP broadcasts every buffer of the module it wraps before each forward: fbc's EMA
+    copies of the weights, as buffers of the wrapped agent, went out at every step. Now only
+    the trained network's buffers (BatchNorm statistics) do; the EMA of the trainable
+    weights still agrees on both ranks, since the weights it follows are DDP's."""
+    mp.spawn(_fbc_broadcast_probe, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for got in ranks:
+        assert not any(".ema." in n for n in got["ddp_buffers"]), got["ddp_buffers"]
+        sent = got["sent"]
+        assert any(n.endswith("running_mean") for n in sent), sent  # two forwards' worth
+        assert all(n.startswith("policy.") for n in sent), sorted(set(sent))
+    own_statistics = ("running_mean", "running_var", "num_batches_tracked", "n_averaged")
+    averaged = [k for k in ranks[0]["ema"] if not k.endswith(own_statistics)]
+    assert averaged
+    for key in averaged:
+        assert torch.equal(ranks[0]["ema"][key], ranks[1]["ema"][key]), key
+    assert int(ranks[0]["ema"]["n_averaged"]) == 3  # the initial copy + 2 updates

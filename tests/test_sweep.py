@@ -23,6 +23,8 @@ from training import report as report_mod
 from training import sweep as sweep_mod
 from training.cli import run_main
 from training.machine import machine_kind
+from training.report_evidence import assess
+from training.run_outcome import read_outcome, run_finished, write_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 LRS = ("0.001", "0.0003")
@@ -73,13 +75,13 @@ def study(histories, tmp_path_factory):
                                   env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
-            wait_for(lambda: (Path(f"{first}.done").is_file()
+            wait_for(lambda: (run_finished(first)
                               and (second / "checkpoints" / "last.pt").is_file())
                      or killed.poll() is not None, 240, "a finished run and a checkpoint")
         finally:
             os.killpg(killed.pid, signal.SIGKILL)
             killed.wait()
-    before = {"finished": files_of(first, Path(f"{first}.log"), Path(f"{first}.done")),
+    before = {"finished": files_of(first, Path(f"{first}.log")),
               "second_final": (second / "final_metrics.json").exists(),
               "manifest": json.loads((root / "sweep.json").read_text())}
     # Three runs left: all at once (on 2 cores a third process costs less than a round).
@@ -96,11 +98,11 @@ def test_rerun_skips_finished_and_resumes_interrupted(study):
     assert list(runs) == [f"agent.lr={lr}/seed={s}" for lr in LRS for s in (0, 1)]
     assert all(r["status"] == "finished" and r["exit_code"] == 0 for r in runs.values())
     # The finished run was skipped: not one byte or timestamp of it changed.
-    assert files_of(first, Path(f"{first}.log"), Path(f"{first}.done")) == \
-        study["before"]["finished"]
+    assert files_of(first, Path(f"{first}.log")) == study["before"]["finished"]
     assert runs[f"agent.lr={LRS[0]}/seed=0"]["attempts"] == 1
     assert "4 runs, 1 finished, 3 to run" in study["out"]
-    # The killed run had a checkpoint and no result: it resumed (not restarted) and finished.
+    # The killed run (SIGKILL: its record still says running) had a checkpoint: it resumed
+    # (not restarted) and finished.
     assert not study["before"]["second_final"]
     assert study["before"]["manifest"]["runs"][f"agent.lr={LRS[0]}/seed=1"]["status"] == "running"
     info = runs[f"agent.lr={LRS[0]}/seed=1"]
@@ -112,11 +114,17 @@ def test_rerun_skips_finished_and_resumes_interrupted(study):
     steps = [json.loads(line)["step"] for line in lines if "train/loss" in line]
     assert steps == list(range(1, 31))  # each step once: the resume rewound what it redid
     assert (second / "final_metrics.json").is_file()
-    # The others started afresh; every run in its readable directory, its log and marker beside.
+    # The others started afresh; every run in its readable directory, its log beside, its own
+    # record saying it finished; every path in the manifest relative (cwd: to the study).
+    manifest = study["manifest"]
+    assert (root / manifest["cwd"]).resolve() == REPO and manifest["entry"] == "train_bc.py"
     for name, info in runs.items():
-        assert (root / name / "run.json").is_file() and Path(f"{root / name}.done").is_file()
-        assert info["flags"][-3:] == [f"--seed={info['seed']}", f"--output_dir={root / name}",
+        assert (root / name / "run.json").is_file() and run_finished(root / name)
+        assert read_outcome(root / name).step == 30
+        output_dir = os.path.relpath(root / name, REPO)
+        assert info["flags"][-3:] == [f"--seed={info['seed']}", f"--output_dir={output_dir}",
                                       f"--wandb.group={root.name}"]
+        assert info["log"] == f"{name}.log" and info["command"][:2] == ["python", "train_bc.py"]
         assert f"--agent.lr={info['config']['agent.lr']}" in info["flags"]
         assert "--threads=1" in info["command"]
     assert study["manifest"]["grid"] == {"agent.lr": list(LRS)}
@@ -181,8 +189,7 @@ def test_an_archive_keeps_what_the_report_reads_and_adds_without_overwriting(
     assert not list(record.rglob("*.pt")) and not list(record.rglob("checkpoints"))
     kept = {p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()}
     names = list(study["manifest"]["runs"])
-    assert kept == {"sweep.json"} | {f"{n}.done" for n in names} | {
-        f"{n}/{f}" for n in names for f in archive_mod.RUN_RECORD}
+    assert kept == {"sweep.json"} | {f"{n}/{f}" for n in names for f in archive_mod.RUN_RECORD}
     for where, out in ((root, tmp_path / "rep_study"), (record, tmp_path / "rep_record")):
         report_mod.main([str(where), "--reps", "50", "--out", str(out)])
     assert (tmp_path / "rep_study" / "report.json").read_text() == \
@@ -196,7 +203,7 @@ def test_an_archive_keeps_what_the_report_reads_and_adds_without_overwriting(
     other = tmp_path / "other"
     shutil.copytree(record, other)
     unfinished = names[-1]
-    Path(f"{other / unfinished}.done").unlink()
+    write_outcome(other / unfinished, "running")
     (other / unfinished / "final_metrics.json").unlink()
     manifest = json.loads((other / "sweep.json").read_text())
     manifest["runs"][unfinished]["status"] = "running"
@@ -217,9 +224,10 @@ def test_an_archive_keeps_what_the_report_reads_and_adds_without_overwriting(
     with pytest.raises(ValueError, match="differs from .*archive to a new directory"):
         archive_mod.main([str(other), str(partial)])
     manifest["fixed_flags"] = [*manifest["fixed_flags"], "--batch_size=8"]
+    manifest["fixed_values"]["batch_size"] = 8
     (other / "sweep.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError,
-                       match="holds a study that was run with the fixed flags .*a new directory"):
+    with pytest.raises(ValueError, match="holds a study that was run with other fixed flags: "
+                                         "--batch_size: 4 in this study, 8 now; archive to a new"):
         archive_mod.main([str(other), str(partial)])
     assert files_of(partial) == before
     with pytest.raises(SystemExit) as exit_:
@@ -237,7 +245,8 @@ def test_changed_experiment_refused(study, histories, monkeypatch, capsys):
         run_main(lambda: sweep_mod.main(changed))
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "fixed flags" in err and "\n" not in err
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "was run with other fixed flags: --agent.n_head: 2 in this study, 4 now" in err
     other_grid = [*argv[: argv.index("--grid")], "--grid", "agent.dropout=0,0.1",
                   *argv[argv.index("--grid") + 2 :]]
     with pytest.raises(SystemExit):
@@ -261,8 +270,8 @@ def test_slurm_path_with_local_executor(histories, tmp_path):
     assert sweep_mod.main(argv, make_executor=local_executor) == 0
     info = json.loads((root / "sweep.json").read_text())["runs"]["seed=0"]
     assert info["status"] == "finished" and info["job_id"]
-    assert Path(info["log"]).is_file() and str(root / "submitit") in info["log"]
-    assert (root / "seed=0.done").is_file() and (root / "seed=0" / "final_metrics.json").is_file()
+    assert (root / info["log"]).is_file() and info["log"].startswith("submitit/")
+    assert run_finished(root / "seed=0") and (root / "seed=0" / "final_metrics.json").is_file()
     # Run again: nothing is submitted.
     assert sweep_mod.main(argv, make_executor=lambda folder: pytest.fail("submitted")) == 0
 
@@ -278,6 +287,14 @@ def test_slurm_path_with_local_executor(histories, tmp_path):
      "both a fixed flag and a --grid flag"),
     (["--entry", "train_bc.py", "--sweep_dir", "S", "--seeds", "1", "1"], "distinct seeds"),
     (["--entry", "train_bc.py", "--sweep_dir", "S", "--launcher", "pbs"], "unknown launcher"),
+    (["--entry", "train_bc.py", "--sweep_dir", "S", "--seeds"], "needs at least one seed"),
+    # Every run's flags are parsed by the entry before anything starts or is written.
+    (["--entry", "train_ppo.py", "--sweep_dir", "S", "--grid", "ppo.no_such_flag=1,2"],
+     "run ppo.no_such_flag=1/seed=0: Unrecognized options: --ppo.no_such_flag=1"),
+    (["--entry", "train_ppo.py", "--sweep_dir", "S", "--", "--ppo.gama=0.9"],
+     "--ppo.gama: did you mean --ppo.gamma?"),
+    (["--entry", "train_ppo.py", "--sweep_dir", "S", "--dry_run=True", "--grid",
+      "ppo.gamma=0.9,2"], "run ppo.gamma=2/seed=0: --ppo.gamma=2.0 is out of range"),
 ])
 def test_bad_input_is_one_line(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
@@ -309,7 +326,7 @@ def fake_run(root: Path, name: str, final: dict | None, curve: list[float], done
         records.append({"step": 8 * len(curve), **final})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if done:
-        Path(f"{path}.done").write_text("{}")
+        write_outcome(path, "finished", 8 * len(curve))
 
 
 def test_report_lists_what_it_leaves_out(tmp_path, monkeypatch):
@@ -465,18 +482,130 @@ def test_report_says_when_runs_ran_on_more_than_one_machine_kind(tmp_path):
     assert "Machine: 2 run(s) on Intel Xeon, torch 2.14.1." in table
     assert "Machine not recorded (runs made before runs recorded it) for 1 run(s): seed=2." \
         in table
-    # A finished run with no finite score is out of the tables, so out of the machine list
-    # and the curves too (they describe the runs in the tables).
+    # A finished run with no finite score, left out (--diverged=exclude), is out of the
+    # machine list and the curves too (they describe the runs in the tables).
     fake_run(root, "seed=3", {"eval/success_rate": float("nan")}, [5.0, 5.0], True)
     (root / "seed=3" / "config.json").write_text(json.dumps({"machine": epyc}))
     manifest = json.loads((root / "sweep.json").read_text())
     manifest["runs"]["seed=3"] = {"dir": "seed=3", "config": {}, "seed": 3, "status": "finished"}
     (root / "sweep.json").write_text(json.dumps(manifest))
-    rep = report_mod.main([str(root), "--reps", "50"])
-    assert "seed=3: no finite eval/success_rate in its final metrics" in rep.left_out
+    rep = report_mod.main([str(root), "--reps", "50", "--diverged=exclude"])
+    assert ("seed=3: eval/success_rate = nan at step 16 (diverged); left out: "
+            "--diverged=exclude") in rep.left_out
     assert "AMD EPYC, torch 2.14.1" not in rep.machines
     _, runs = report_mod.load_runs(root)
-    tabled = report_mod.group_scores(runs, "eval/success_rate")[3]
+    tabled = report_mod.group_scores(
+        runs, "eval/success_rate", assess(runs, "eval/success_rate", diverged="exclude"))[3]
     assert [run.name for run in tabled] == ["seed=0", "seed=1", "seed=2"]
     (steps, values), = report_mod.curve_scores(tabled, "charts/success_rate").values()
     assert values.shape[0] == 3 and values.max() < 5  # seed=3's curve (5.0) is not in it
+
+
+def test_a_study_is_the_values_its_fixed_flags_set(tmp_path, monkeypatch):
+    """Reordered flags or a default written out are the same study; another value is refused
+    naming the field, as the entry parses it."""
+    monkeypatch.chdir(REPO)
+    root, entry = tmp_path / "s", (REPO / "train_ppo.py").resolve()
+    parse = sweep_mod.entry_parser(entry)
+    grid = {"backbone.freeze_mode": ["all"]}
+    fixed = ["--ppo.total_timesteps=64", "--video=False"]
+    root.mkdir()
+    sweep_mod.write_manifest(root, sweep_mod.merge_manifest(root, entry, grid, [0], fixed, parse))
+    same = ["--video=False", "--ppo.gamma=0.99", "--ppo.total_timesteps", "64"]
+    assert sweep_mod.merge_manifest(root, entry, grid, [0, 1], same, parse)["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=r"was run with other fixed flags: --ppo.gamma: 0.99 "
+                                         r"in this study, 0.9 now; use another --sweep_dir"):
+        sweep_mod.merge_manifest(root, entry, grid, [0], [*fixed, "--ppo.gamma=0.9"], parse)
+
+
+REWORDING_ENTRY = """
+import os, re, signal, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import train_ppo
+import training.run as harness
+from training.cli import run_main
+parse_args = train_ppo.parse_args  # what the sweep reads the flags with
+
+class Reworded:  # every console message reworded: the outcome must not depend on them
+    def __init__(self, stream): self.stream = stream
+    def write(self, text): return self.stream.write(re.sub(r"[A-Za-z]", "x", text))
+    def flush(self): self.stream.flush()
+    def isatty(self): return False
+
+real_save = harness.Run.save
+def save_then_signal(self, step, *args, **kwargs):  # the first attempt is pre-empted
+    real_save(self, step, *args, **kwargs)
+    marker = Path(self.dir) / ".signalled"
+    if not marker.exists():
+        marker.write_text("")
+        os.kill(os.getpid(), signal.SIGTERM)
+harness.Run.save = save_then_signal
+
+if __name__ == "__main__":
+    sys.stdout, sys.stderr = Reworded(sys.stdout), Reworded(sys.stderr)
+    run_main(lambda: train_ppo.main(sys.argv[1:]))
+"""
+
+
+def test_the_sweep_reads_how_a_run_ended_from_the_run_not_its_console(tmp_path, monkeypatch,
+                                                                       capsys):
+    entry = tmp_path / "reworded_ppo.py"
+    entry.write_text(REWORDING_ENTRY.format(repo=str(REPO)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    argv = ["--entry", str(entry), "--sweep_dir", "s", "--seeds", "0", "--threads", "1", "--",
+            "--ppo.num_envs=2", "--ppo.num_steps=4", "--ppo.total_timesteps=32",
+            "--ppo.num_minibatches=2", "--ppo.update_epochs=1", "--env.image_size=16",
+            "--env.max_steps=6", "--eval_episodes=0", "--video=False", "--save_interval=1",
+            "--wandb.mode=disabled", "--backbone.weights=random", "--device=cpu"]
+    assert sweep_mod.main(argv) == 1
+    info = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]["seed=0"]
+    assert (info["status"], info["exit_code"]) == ("interrupted", 75)
+    assert read_outcome(tmp_path / "s" / "seed=0").status == "stopped"
+    assert sweep_mod.main(argv) == 0  # the same command resumes it to the end
+    info = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]["seed=0"]
+    assert (info["status"], info["how"], info["attempts"]) == ("finished", "resume", 2)
+    assert "xxxxxxx" in (tmp_path / "s" / "seed=0.log").read_text()  # reworded indeed
+
+
+def test_a_failed_runs_reason_is_its_error_not_its_progress_bar(tmp_path):
+    output = ("train:  40%|####      | 4/10 [00:01<00:02]\rerror: --agent.lr=0 is out of "
+              "range\ntrain:  40%|####      | 4/10 [00:01<00:02]\n")
+    assert sweep_mod.last_error(output) == "error: --agent.lr=0 is out of range"
+    crash = "Traceback (most recent call last):\nRuntimeError: boom\nppo: 10%|#| 1/10 [00:01]\n"
+    assert sweep_mod.last_error(crash) == "RuntimeError: boom"
+    write_outcome(tmp_path, "failed", 3, "ValueError: the run's own words")
+    assert sweep_mod.last_error(output, tmp_path) == "error: ValueError: the run's own words"
+
+
+def test_a_copied_record_reads_the_same_in_another_checkout(tmp_path, monkeypatch, capsys):
+    """Every path in a manifest is relative: a study recorded in one checkout resumes (nothing
+    left to run) and reports from a copy in another."""
+    first, second = tmp_path / "checkout_a", tmp_path / "checkout_b"
+    for checkout in (first, second):
+        checkout.mkdir()
+        shutil.copy(REPO / "train_ppo.py", checkout / "train_ppo.py")
+    monkeypatch.chdir(first)
+    fixed = ["--ppo.total_timesteps=64", "--video=False"]
+    root = first / "runs" / "s"
+    root.mkdir(parents=True)
+    parse = sweep_mod.entry_parser(first / "train_ppo.py")
+    manifest = sweep_mod.merge_manifest(root, first / "train_ppo.py", {}, [0, 1, 2], fixed,
+                                        parse)
+    for seed in (0, 1, 2):
+        name = f"seed={seed}"
+        fake_run(root, name, {"eval/success_rate": seed / 2}, [0.1, 0.2], True)
+        manifest["runs"][name] = {"dir": name, "config": {}, "seed": seed,
+                                  "status": "finished", "log": f"{name}.log"}
+    sweep_mod.write_manifest(root, manifest)
+    assert str(first) not in (root / "sweep.json").read_text()
+    shutil.copytree(root, second / "docs" / "studies" / "s")
+    shutil.copytree(second / "docs" / "studies" / "s", second / "runs" / "s")
+    monkeypatch.chdir(second)
+    argv = ["--entry", "train_ppo.py", "--sweep_dir", "runs/s", "--seeds", "0", "1", "2",
+            "--", *fixed]
+    assert sweep_mod.main(argv) == 0
+    assert "3 runs, 3 finished, 0 to run" in capsys.readouterr().out
+    rep = report_mod.main(["docs/studies/s", "--reps", "50"])
+    assert rep.labels == ["s"] and not rep.left_out

@@ -13,13 +13,13 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
 
-from encoders.torch_files import load_failure
+from encoders.torch_files import load_tensors, write_failure
 from training.diagnostics import frozen_parameter_names
 
 
@@ -92,13 +92,25 @@ def save_checkpoint(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            _write(payload, f, tmp)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write(payload: dict[str, Any], f: BinaryIO, tmp: Path) -> None:
+    """torch.save, whose write failures come out as the OSError they are (a full disk
+    otherwise surfaces as torch's RuntimeError, which callers handling OSError miss)."""
+    try:
+        torch.save(payload, f)
+    except RuntimeError as err:
+        cause = write_failure(err)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(tmp)) from err
 
 
 def _remove_stale_temp_files(path: Path) -> None:
@@ -125,21 +137,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        # torch's own text goes on to suggest weights_only=False, i.e. running the file,
-        # and says the same of a file of random bytes as of one that carries code.
-        kind, reason = load_failure(path, err)
-        if kind == "pickled_objects":
-            reason = "it holds pickled Python objects, which could run code when loaded"
-            message = f"refusing to load {path}: not a tensors-only checkpoint ({reason})"
-        elif kind == "not_torch_file":
-            message = (f"refusing to load {path}: it is not a torch checkpoint (unreadable: "
-                       f"{reason})")
-        else:
-            message = f"refusing to load {path}: it is damaged or truncated ({reason})"
-        raise ValueError(message) from None
+    ckpt = load_tensors(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise ValueError(f"{path} is not one of our checkpoints (no model/step entries)")
     ckpt["config"] = json.loads(ckpt["config"]) if isinstance(ckpt.get("config"), str) else {}

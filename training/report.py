@@ -8,9 +8,12 @@ Agarwal et al., "Deep RL at the Edge of the Statistical Precipice", NeurIPS 2021
 
 Reads the sweep's manifest (sweep.json, see training/sweep.py) and each finished run's final
 value of the metric: final_metrics.json when it holds it, else the last value in
-metrics.jsonl. Default metric: the task's headline, the first present of eval/success_rate,
-eval/return_last_N_episodes, eval/return. Runs that did not finish, lack the metric, or
-configurations with fewer runs than seeds are listed in the report, never dropped silently.
+metrics.jsonl. A run is finished when its outcome.json says so (training.run_outcome).
+Default metric: the task's headline, the first present of eval/success_rate,
+eval/return_last_N_episodes, eval/return. Runs that did not finish, lack the metric, stopped
+short of their configuration's last step, diverged (counted at the floor by default) or have
+an unreadable metrics line are shown in the runs column or listed, never dropped silently
+(training/report_evidence.py).
 
 Writes under --out (default SWEEP_DIR/report): report.md (tables to paste into a README),
 report.json (the same numbers), intervals.png, curves.png (the training counterpart of the
@@ -41,6 +44,8 @@ import tyro
 
 from training.cli import parse_config, run_main
 from training.machine import machine_kind
+from training.report_evidence import Diverged, Evidence, assess, read_final, read_metrics
+from training.run_outcome import read_outcome, run_finished
 
 HEADLINE = ("eval/success_rate", r"eval/return_last_\d+_episodes", "eval/return")
 # The training-time counterpart of a headline metric, for the learning curves.
@@ -84,6 +89,10 @@ class ReportConfig:
     """Bootstrap resamples."""
     seed: int = 0
     """Seeds the bootstrap."""
+    diverged: Diverged = "floor"
+    """A run whose final value is not finite: floor = counts at the worst finite final value
+    of the study's runs (lowest; highest when lower is better); exclude = left out. Either
+    way the table says so."""
     wandb: ReportWandb = ReportWandb()
     """Weights & Biases logging of the report."""
 
@@ -99,6 +108,10 @@ class RunResult:
     status: str
     final: dict[str, float] = field(default_factory=dict)
     """The last value of every metric (final_metrics.json over metrics.jsonl)."""
+    steps: dict[str, int] = field(default_factory=dict)
+    """The step at which each final value was logged."""
+    unreadable: list[str] = field(default_factory=list)
+    """The lines of its record that could not be read, e.g. "metrics.jsonl line 41 ... (cut)"."""
     config: dict[str, Any] = field(default_factory=dict)
     """Its config.json (settings and the facts found at run time); {} when unreadable."""
 
@@ -122,32 +135,18 @@ class Report:
     machines: dict[str, list[str]] = field(default_factory=dict)
     """machine kind -> the tabled runs that ran (partly) on it."""
     files: list[Path] = field(default_factory=list)
+    evidence: Evidence | None = None
+    """How each finished run entered the tables (diverged, short, unreadable lines)."""
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)
+    """label -> its planned runs, for the runs column."""
 
 
 # ----- reading the runs ---------------------------------------------------------------------
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as records; a line cut short by a crash is skipped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
-
-
-def final_values(run_dir: Path) -> dict[str, float]:
-    """The last value of each metric: final_metrics.json where it has one, else metrics.jsonl."""
-    final: dict[str, float] = {}
-    for record in read_records(run_dir / "metrics.jsonl"):
-        final.update({k: v for k, v in record.items() if k not in ("step", "time")})
-    path = run_dir / "final_metrics.json"
-    if path.is_file():
-        final.update(json.loads(path.read_text()))
-    return {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
+    """metrics.jsonl as records, for the curves; the final values name what was unreadable."""
+    return read_metrics(path)[0]
 
 
 def config_label(config: dict[str, str], sweep_name: str) -> str:
@@ -180,6 +179,17 @@ def tabled_machines(tabled: list[RunResult]) -> dict[str, list[str]]:
     return found
 
 
+def run_status(run_dir: Path, planned: str) -> str:
+    """"finished" only when its outcome.json says so; else what that says, else the sweep's
+    word (a manifest's "finished" without an outcome.json is not taken on trust)."""
+    if run_finished(run_dir):
+        return "finished"
+    outcome = read_outcome(run_dir)
+    if outcome is not None:
+        return outcome.status
+    return "no outcome.json" if planned == "finished" else planned
+
+
 def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
     """The manifest and every planned run, finished or not."""
     path = root / "sweep.json"
@@ -191,13 +201,12 @@ def load_runs(root: Path) -> tuple[dict[str, Any], list[RunResult]]:
     sweep_name = root.resolve().name
     for name, info in manifest["runs"].items():
         run_dir = root / info["dir"]
-        done = ((root / f"{info['dir']}.done").is_file()
-                or (run_dir / "final_metrics.json").is_file())
-        status = "finished" if done else info.get("status", "pending")
+        status = run_status(run_dir, info.get("status", "pending"))
         run = RunResult(name, config_label(info["config"], sweep_name), run_dir, status,
                         config=run_config(run_dir))
-        if done:
-            run.final = final_values(run_dir)
+        if status == "finished":
+            final = read_final(run_dir)
+            run.final, run.steps, run.unreadable = final.values, final.steps, final.unreadable
         runs.append(run)
     return manifest, runs
 
@@ -230,21 +239,26 @@ def choose_curve_metric(runs: list[RunResult], metric: str, asked: str | None) -
     return next((k for k in wanted if k in keys), None)
 
 
-def group_scores(runs: list[RunResult], metric: str
+def group_scores(runs: list[RunResult], metric: str, evidence: Evidence | None = None
                  ) -> tuple[dict[str, np.ndarray], dict[str, int], list[str], list[RunResult]]:
     """label -> final scores (runs x 1), label -> planned runs, what was left out and why,
-    and the runs in the tables (the curves and the machine list take the same runs)."""
+    and the runs in the tables (the machine list takes the same runs). `evidence` decides
+    the diverged and short runs (default: report_evidence.assess's)."""
+    evidence = evidence or assess(runs, metric)
     planned = {r.label: 0 for r in runs}
     found: dict[str, list[float]] = {label: [] for label in planned}
     left_out, tabled = [], []
     for run in runs:
         planned[run.label] += 1
+        verdict = evidence.verdicts.get(run.name)
         if run.status != "finished":
             left_out.append(f"{run.name}: not finished ({run.status})")
-        elif metric not in run.final or not math.isfinite(run.final[metric]):
+        elif verdict is None:
             left_out.append(f"{run.name}: no finite {metric} in its final metrics")
+        elif verdict.score is None:
+            left_out.append(f"{run.name}: " + "; ".join(verdict.notes))
         else:
-            found[run.label].append(run.final[metric])
+            found[run.label].append(verdict.score)
             tabled.append(run)
     for label, values in found.items():
         if len(values) < planned[label]:
@@ -364,6 +378,13 @@ def machines_markdown(machines: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def runs_column(rep: Report, label: str) -> str:
+    """"3/3", or with what its runs' records lack: "3/3, 1 diverged", "2/3 + 1 short"."""
+    if rep.evidence is None:
+        return f"{len(rep.scores[label])}/{rep.planned[label]}"
+    return rep.evidence.runs_cell(rep.runs[label], rep.planned[label])
+
+
 def markdown(rep: Report, manifest: dict[str, Any], cfg: ReportConfig) -> str:
     """report.md: what was measured, the table, P(X > Y), what was left out."""
     better = "higher" if cfg.higher_is_better else "lower"
@@ -377,8 +398,11 @@ def markdown(rep: Report, manifest: dict[str, Any], cfg: ReportConfig) -> str:
         f"{cfg.seed}). IQM: the mean of the middle 50% of runs.", "",
         "| config | runs | mean [95% CI] | IQM [95% CI] |", "|---|---|---|---|",
     ]
+    caption = rep.evidence.caption() if rep.evidence else []
+    if caption:  # before the table: how to read its runs column
+        lines[-2:-2] = [" ".join(caption), ""]
     for label in rep.labels:
-        runs = f"{len(rep.scores[label])}/{rep.planned[label]}"
+        runs = runs_column(rep, label)
         est = rep.estimates[label]
         lines.append(f"| {label} | {runs} | {with_ci(est['mean'])} | {with_ci(est['iqm'])} |")
     if rep.improvement:
@@ -397,6 +421,9 @@ def markdown(rep: Report, manifest: dict[str, Any], cfg: ReportConfig) -> str:
     if few:
         lines += ["", f"Fewer than 3 runs in {', '.join(few)}: the intervals cannot support a "
                   f"claim; add seeds (python -m training.sweep ... --seeds 0 1 2 ...)."]
+    caveats = rep.evidence.caveats() if rep.evidence else []
+    if caveats:
+        lines += ["", "In the tables, with a caveat:", *(f"- {item}" for item in caveats)]
     if rep.left_out:
         lines += ["", "Not in the tables:", *(f"- {item}" for item in rep.left_out)]
     lines += ["", *machines_markdown(rep.machines)]
@@ -489,7 +516,8 @@ def report(cfg: ReportConfig) -> Report:
     root = Path(cfg.sweep_dir).expanduser().resolve()
     manifest, runs = load_runs(root)
     metric, reason = choose_metric(runs, cfg.metric)
-    scores, planned, left_out, included = group_scores(runs, metric)
+    evidence = assess(runs, metric, cfg.higher_is_better, cfg.diverged)
+    scores, planned, left_out, included = group_scores(runs, metric, evidence)
     if not scores:
         raise ValueError(f"no finished run of {root} has {metric}; nothing to report "
                          f"({len(left_out)} left out: {'; '.join(left_out[:3])})")
@@ -497,12 +525,17 @@ def report(cfg: ReportConfig) -> Report:
     rep = Report(metric, reason, None, labels, scores, planned,
                  interval_estimates(scores, cfg.reps, cfg.seed),
                  probability_of_improvement(scores, cfg.higher_is_better, cfg.reps, cfg.seed),
-                 left_out, tabled_machines(included))
+                 left_out, tabled_machines(included), evidence=evidence,
+                 runs={label: [r for r in runs if r.label == label] for label in labels})
     out = Path(cfg.out).expanduser() if cfg.out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep.files.append(plot_intervals(rep, out / "intervals.png"))
-    rep.curve_metric = choose_curve_metric(included, metric, cfg.curve_metric)
-    curves = curve_scores(included, rep.curve_metric) if rep.curve_metric else {}
+    # A diverged run's curve holds non-finite values, which would blank its configuration's.
+    curved = [r for r in included if math.isfinite(r.final[metric])]
+    rep.curve_metric = choose_curve_metric(curved, metric, cfg.curve_metric)
+    if rep.curve_metric and len(curved) < len(included):
+        rep.left_out.append("learning curves: without the runs that diverged")
+    curves = curve_scores(curved, rep.curve_metric) if rep.curve_metric else {}
     if curves:
         rep.files.append(plot_curves(curves, rep.curve_metric, cfg.reps, cfg.seed,
                                      out / "curves.png"))
@@ -525,11 +558,14 @@ def as_json(rep: Report, cfg: ReportConfig) -> dict[str, Any]:
         "higher_is_better": cfg.higher_is_better, "reps": cfg.reps, "seed": cfg.seed,
         "curve_metric": rep.curve_metric,
         "configs": [{"config": label, "runs": len(rep.scores[label]),
-                     "planned": rep.planned[label], "scores": rep.scores[label][:, 0].tolist(),
+                     "planned": rep.planned[label], "runs_column": runs_column(rep, label),
+                     "scores": rep.scores[label][:, 0].tolist(),
                      **rep.estimates[label]} for label in rep.labels],
         "probability_of_improvement": [{"x": x, "y": y, "p": v[0], "ci": v[1:]}
                                        for (x, y), v in rep.improvement.items()],
         "left_out": rep.left_out,
+        "caveats": rep.evidence.caveats() if rep.evidence else [],
+        "diverged": {"mode": cfg.diverged, "floor": rep.evidence.floor if rep.evidence else None},
         "machines": rep.machines,
     }
 

@@ -11,15 +11,23 @@ checkpoints/last.pt` gives each stage-2 seed the stage-1 run of the same seed); 
 `--seed`, `--output_dir`, `--threads` and, unless the fixed flags do, `--wandb.group` (the
 sweep directory's name), so the fixed flags may not set the first three.
 
+Before anything runs or is written, every run's full command line is parsed by the
+entry's own `parse_args` (training/study_flags.py): an unknown or invalid flag is one line.
+
 What a sweep writes under --sweep_dir:
 
-    sweep.json                       the manifest: entry, grid, seeds, fixed flags, and per run
-                                     its directory, flags, status, exit code, attempts, log
+    sweep.json                       the manifest: entry, grid, seeds, fixed flags (as given
+                                     and as parsed), and per run its directory, flags, status,
+                                     exit code, attempts, log; every path in it relative (cwd:
+                                     to the sweep directory; entry and flags: to cwd), so a
+                                     copied study reads the same in any checkout
     agent.lr=0.001/seed=0/           the entry's run directory (run.json, config.json,
-                                     metrics.jsonl, checkpoints/last.pt, final_metrics.json ...)
+                                     metrics.jsonl, checkpoints/last.pt, outcome.json ...)
     agent.lr=0.001/seed=0.log        the run's stdout and stderr, every attempt appended
-    agent.lr=0.001/seed=0.done       written when the run finished (exit 0, not stopped by a signal)
     submitit/                        --launcher=slurm: submitit's job files and logs
+
+A run is finished when its own record says so (`outcome.json`, training/run_outcome.py),
+never by what it printed.
 
 Logs and markers sit beside the run directory, not in it: the harness starts a new run
 only in an empty directory and replaces one (`--overwrite`) only if it holds nothing but
@@ -28,9 +36,10 @@ its own files. With several grid flags the directories nest (`a=1/b=x/seed=0`).
 Running the same command again continues the study: finished runs are skipped, a run with
 a checkpoint is resumed (`--resume=True`), a run directory without one is restarted
 (`--overwrite=True`), the rest start. Seeds and grid values may be added; a different
-entry, other grid flags or other fixed flags for the same --sweep_dir are refused (one
-line), so that one study never mixes two experiments. SIGINT/SIGTERM stops the sweep:
-running runs get SIGTERM (they checkpoint and stop) and resume on the next run of the sweep.
+entry, other grid flags or fixed flags that set other values for the same --sweep_dir are
+refused (one line naming each field), so that one study never mixes two experiments.
+SIGINT/SIGTERM stops the sweep: running runs get SIGTERM (they checkpoint and stop) and
+resume on the next run of the sweep.
 """
 
 from __future__ import annotations
@@ -56,12 +65,18 @@ import tyro
 
 from training.cli import parse_config, run_main
 from training.machine import usable_cores
+from training.run_outcome import EXIT_STOPPED, read_outcome, run_finished
+from training.study_flags import (
+    EntryParser,
+    check_runs,
+    entry_parser,
+    fixed_values,
+    values_difference,
+)
 
 MANIFEST = "sweep.json"
 # Flags each run gets from the sweep (and which the fixed flags therefore may not set).
 SWEEP_OWNED = ("seed", "output_dir", "resume", "overwrite", "threads")
-# What the run harness prints when a signal stopped a run (it still exits 0).
-STOPPED = re.compile(r"at step \d+: wrote .+; continue with --output_dir=.+ --resume=True")
 GRID_FLAG = re.compile(r"[A-Za-z_][\w.]*")
 
 
@@ -120,9 +135,6 @@ class RunSpec:
     def log(self, root: Path) -> Path:
         return root / f"{self.name}.log"
 
-    def done(self, root: Path) -> Path:
-        return root / f"{self.name}.done"
-
 
 # ----- the plan ------------------------------------------------------------------------------
 
@@ -177,8 +189,9 @@ def check_fixed(fixed: Sequence[str], grid: dict[str, list[str]]) -> None:
 
 
 def plan(grid: dict[str, list[str]], seeds: Sequence[int], fixed: Sequence[str],
-         root: Path) -> list[RunSpec]:
-    """Every (grid point, seed) as a run, grid-major, in the order given."""
+         root: Path, cwd: Path | None = None) -> list[RunSpec]:
+    """Every (grid point, seed) as a run, grid-major, in the order given; each run's
+    --output_dir relative to `cwd`, where the runs start (default: as `root` is given)."""
     group = [] if any(flag_name(a) == "wandb.group" for a in fixed) else [
         f"--wandb.group={root.name}"]
     runs = []
@@ -189,8 +202,9 @@ def plan(grid: dict[str, list[str]], seeds: Sequence[int], fixed: Sequence[str],
         for seed in seeds:
             name = "/".join([*parts, f"seed={seed}"])
             own = [arg.replace("{seed}", str(seed)) for arg in fixed]
+            output_dir = root / name if cwd is None else relative(root / name, cwd)
             flags = [*own, *(f"--{k}={v}" for k, v in config.items()), f"--seed={seed}",
-                     f"--output_dir={root / name}", *group]
+                     f"--output_dir={output_dir}", *group]
             runs.append(RunSpec(name, config, seed, flags))
     return runs
 
@@ -198,24 +212,43 @@ def plan(grid: dict[str, list[str]], seeds: Sequence[int], fixed: Sequence[str],
 # ----- the manifest ----------------------------------------------------------------------------
 
 
+def relative(path: Path, start: Path) -> str:
+    """`path` as seen from `start` (both absolute): what the manifest stores."""
+    return os.path.relpath(path, start)
+
+
+def study_cwd(root: Path, manifest: dict[str, Any]) -> Path:
+    """Where the study's runs start (its relative flags and entry are read from there)."""
+    return (root / manifest["cwd"]).resolve()
+
+
 def merge_manifest(root: Path, entry: Path, grid: dict[str, list[str]], seeds: Sequence[int],
-                   fixed: Sequence[str]) -> dict[str, Any]:
-    """The manifest for this invocation: the saved one extended, or a new one.
+                   fixed: Sequence[str], parse: EntryParser) -> dict[str, Any]:
+    """The manifest for this invocation: the saved one extended, or a new one (unwritten).
 
     Raises ValueError (one line) when it would mix experiments: another entry, other grid
-    flags, other fixed flags.
+    flags, fixed flags that set other values (compared as the entry parses them).
     """
     path = root / MANIFEST
+    leave_out = {*SWEEP_OWNED, *grid}
     if not path.is_file():
-        return {"entry": str(entry), "cwd": os.getcwd(), "grid": grid, "seeds": list(seeds),
-                "fixed_flags": list(fixed), "created": _now(), "runs": {}}
+        cwd = Path.cwd().resolve()
+        return {"entry": relative(entry, cwd), "cwd": relative(cwd, root), "grid": grid,
+                "seeds": list(seeds), "fixed_flags": list(fixed),
+                "fixed_values": fixed_values(parse, fixed, leave_out), "created": _now(),
+                "runs": {}}
     try:
         saved = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); move it away to start afresh"
-                         ) from None
-    new = {"entry": str(entry), "grid": grid, "fixed_flags": list(fixed)}
-    if (difference := study_difference(saved, new)) is not None:
+        saved_entry = study_cwd(root, saved) / saved["entry"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a sweep manifest ({err}); move it away to start "
+                         f"afresh") from None
+    saved.setdefault("fixed_values", fixed_values(parse, saved["fixed_flags"], leave_out))
+    new = {"entry": str(entry), "grid": grid, "fixed_flags": list(fixed),
+           "fixed_values": fixed_values(parse, fixed, leave_out)}
+    difference = study_difference({**saved, "entry": str(saved_entry)}, new,
+                                  entry=lambda p: str(Path(p).resolve()))
+    if difference is not None:
         raise ValueError(f"{root} {difference}; use another --sweep_dir for another experiment")
     extend_study(saved, grid, seeds)
     return saved
@@ -235,15 +268,19 @@ def study_difference(saved: dict[str, Any], new: dict[str, Any],
 
     Two manifests are one study when they run the same entry (compared through `entry`: the
     sweep resumes runs, so it wants the same file; a record copied elsewhere, its name) with
-    the same grid flags and the same fixed flags; grid values and seeds may differ (a study
-    grows by them).
+    the same grid flags and fixed flags that set the same values (the strings as given, for
+    a manifest written before the values were kept); grid values and seeds may differ (a
+    study grows by them).
     """
     if entry(saved["entry"]) != entry(new["entry"]):
         return f"is a sweep of {saved['entry']}, not {new['entry']}"
     if list(saved["grid"]) != list(new["grid"]):
         return (f"sweeps {', '.join(saved['grid']) or 'no grid flag'}, not "
                 f"{', '.join(new['grid']) or 'no grid flag'}")
-    if saved["fixed_flags"] != new["fixed_flags"]:
+    if "fixed_values" in saved and "fixed_values" in new:  # as the entry parsed them
+        if (difference := values_difference(saved["fixed_values"], new["fixed_values"])):
+            return f"was run with other fixed flags: {difference}"
+    elif saved["fixed_flags"] != new["fixed_flags"]:
         return (f"was run with the fixed flags {shlex.join(saved['fixed_flags'])!r}, not "
                 f"{shlex.join(new['fixed_flags'])!r}")
     return None
@@ -279,9 +316,7 @@ def lock_sweep(root: Path) -> int:
 def run_state(run: RunSpec, root: Path) -> Literal["finished", "resume", "restart", "new"]:
     """What the next attempt does: skip, continue from its checkpoint, start over, or start."""
     path = run.dir(root)
-    if (path / "run.json").is_file() and (
-        run.done(root).is_file() or (path / "final_metrics.json").is_file()
-    ):
+    if run_finished(path):
         return "finished"
     if (path / "checkpoints" / "last.pt").is_file():
         return "resume"
@@ -293,23 +328,30 @@ def run_state(run: RunSpec, root: Path) -> Literal["finished", "resume", "restar
 ATTEMPT_FLAGS = {"resume": ["--resume=True"], "restart": ["--overwrite=True"], "new": []}
 
 
-def outcome(exit_code: int, output: str) -> Literal["finished", "interrupted", "failed"]:
-    """A run finished when it exited 0 and no signal stopped it (which also exits 0)."""
-    if exit_code != 0:
-        return "failed"
-    return "interrupted" if STOPPED.search(output) else "finished"
+def outcome(run_dir: Path, exit_code: int) -> Literal["finished", "interrupted", "failed"]:
+    """How an attempt ended, from the run's own record (outcome.json) and exit status."""
+    record = read_outcome(run_dir)
+    if record is not None and record.status == "finished":
+        return "finished"
+    if exit_code == EXIT_STOPPED or (record is not None and record.status == "stopped"):
+        return "interrupted"
+    return "failed"
 
 
-def mark_done(done: Path, exit_code: int) -> None:
-    """The marker the next sweep skips a run by."""
-    done.write_text(json.dumps({"exit_code": exit_code, "finished": _now()}) + "\n")
+# A tqdm progress bar ("train:  40%|####  | 4/10 [...]"), which is no reason for anything.
+PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
 
 
-def last_error(output: str) -> str:
-    """The line that says why a run failed: its `error: ...` line, else its last line."""
+def last_error(output: str, run_dir: Path | None = None) -> str:
+    """Why a run failed: the reason in its outcome.json, else its `error: ...` line, else
+    the last line of a traceback or of its output that is not a progress bar."""
+    record = read_outcome(run_dir) if run_dir is not None else None
+    if record is not None and record.status == "failed" and record.reason:
+        return f"error: {record.reason}"[:300]
     lines = [ln.strip() for ln in re.split(r"[\r\n]", output) if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1][:300]
+    said = [ln for ln in lines if not PROGRESS_BAR.search(ln)]
+    return (errors or said or lines or ["(no output)"])[-1][:300]
 
 
 def run_env(threads: int, gpu: str | None) -> dict[str, str]:
@@ -434,10 +476,10 @@ class LocalLauncher:
         log.flush()
         env = {**os.environ, **run_env(self.threads, gpu)}
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=sweep.manifest["cwd"],
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=sweep.cwd,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
-        sweep.started(run, how, command, log=str(log_path), gpu=gpu)
+        sweep.started(run, how, command, log=relative(log_path, sweep.root), gpu=gpu)
         return Running(run, process, log, log.tell(), gpu)
 
     def _end(self, sweep: Sweep, r: Running) -> None:
@@ -446,12 +488,11 @@ class LocalLauncher:
             f.seek(r.log_start)
             output = f.read()
         code = r.process.returncode
-        status = outcome(code, output)
-        if status == "finished":
-            mark_done(r.run.done(sweep.root), code)
-        elif self.stop_requested:
+        status = outcome(r.run.dir(sweep.root), code)
+        if status != "finished" and self.stop_requested:
             status = "interrupted"  # our signal, whatever the exit code
-        sweep.ended(r.run, status, code, time.time() - r.started, last_error(output))
+        sweep.ended(r.run, status, code, time.time() - r.started,
+                    last_error(output, r.run.dir(sweep.root)))
 
 
 # ----- the Slurm launcher (submitit) ------------------------------------------------------------
@@ -459,22 +500,26 @@ class LocalLauncher:
 
 @dataclass
 class SweepJob:
-    """What a submitit job runs: the run's command line, then its finished marker."""
+    """What a submitit job runs: the run's command line; returns how the run ended."""
 
     command: list[str]
     cwd: str
     env: dict[str, str]
     """Overrides of the node's environment."""
-    done: str
+    run_dir: str
 
     def __call__(self) -> str:
+        from submitit.core.utils import FailedJobError
         from submitit.helpers import CommandFunction
 
-        output = CommandFunction(self.command, cwd=self.cwd, env={**os.environ, **self.env})()
-        status = outcome(0, output)  # a failure raised FailedJobError above
-        if status == "finished":
-            mark_done(Path(self.done), 0)
-        return status
+        try:
+            CommandFunction(self.command, cwd=self.cwd, env={**os.environ, **self.env})()
+            code = 0
+        except FailedJobError:  # the run's own record says whether it was a stop
+            if outcome(Path(self.run_dir), 1) != "interrupted":
+                raise
+            code = EXIT_STOPPED
+        return outcome(Path(self.run_dir), code)
 
 
 def slurm_executor(settings: SlurmSettings, jobs: int, threads: int, name: str
@@ -510,13 +555,14 @@ class SlurmLauncher:
         executor = self.make_executor(sweep.root / "submitit")
         commands = [sweep.command(run, how, self.threads) for run, how in todo]
         with executor.batch():
-            jobs = [executor.submit(SweepJob(cmd, sweep.manifest["cwd"],
-                                             run_env(self.threads, None),
-                                             str(run.done(sweep.root))))
+            jobs = [executor.submit(SweepJob(cmd, str(sweep.cwd), run_env(self.threads, None),
+                                             str(run.dir(sweep.root))))
                     for (run, _), cmd in zip(todo, commands, strict=True)]
         waiting = {}
         for (run, how), cmd, job in zip(todo, commands, jobs, strict=True):
-            sweep.started(run, how, cmd, log=str(job.paths.stdout), job_id=str(job.job_id))
+            sweep.started(run, how, cmd, log=relative(Path(job.paths.stdout).resolve(),
+                                                      sweep.root),
+                          job_id=str(job.job_id))
             waiting[job.job_id] = (run, job, time.time())
         print(f"submitted {len(jobs)} job(s); waiting (stopping this process leaves them "
               f"running; their logs are under {sweep.root / 'submitit'})", flush=True)
@@ -531,7 +577,7 @@ class SlurmLauncher:
         try:
             status, code, error = job.result(), 0, ""
         except Exception as err:  # FailedJobError, UncompletedJobError: the job's own words
-            status, code, error = "failed", 1, last_error(str(err))
+            status, code, error = "failed", 1, last_error(str(err), run.dir(sweep.root))
         sweep.ended(run, status, code, time.time() - started, error)
 
 
@@ -541,12 +587,13 @@ class SlurmLauncher:
 class Sweep:
     """The study in its directory: its runs, their state, the manifest kept up to date."""
 
-    def __init__(self, root: Path, entry: Path, manifest: dict[str, Any], runs: list[RunSpec]
-                 ) -> None:
-        self.root, self.entry, self.manifest, self.runs = root, entry, manifest, runs
+    def __init__(self, root: Path, manifest: dict[str, Any], runs: list[RunSpec]) -> None:
+        self.root, self.manifest, self.runs = root, manifest, runs
+        self.cwd = study_cwd(root, manifest)
 
     def command(self, run: RunSpec, how: str, threads: int) -> list[str]:
-        return [sys.executable, str(self.entry), *run.flags, f"--threads={threads}",
+        """The attempt's command line, run in self.cwd (the entry's path is relative to it)."""
+        return [sys.executable, self.manifest["entry"], *run.flags, f"--threads={threads}",
                 *ATTEMPT_FLAGS[how]]
 
     def record(self, run: RunSpec, **values: Any) -> None:
@@ -556,8 +603,9 @@ class Sweep:
 
     def started(self, run: RunSpec, how: str, command: list[str], **where: Any) -> None:
         attempts = self.manifest["runs"].get(run.name, {}).get("attempts", 0) + 1
+        # The interpreter as "python": the record names no path of this machine.
         self.record(run, status="running", how=how, attempts=attempts, started=_now(),
-                    command=command, **where)
+                    command=["python", *command[1:]], **where)
         print(f"start {run.name} ({how}, attempt {attempts})", flush=True)
 
     def ended(self, run: RunSpec, status: str, code: int, seconds: float, error: str) -> None:
@@ -578,7 +626,7 @@ class Sweep:
         for run in self.runs:
             info = self.manifest["runs"][run.name]
             if info.get("status") == "failed":
-                print(f"  {run.name}: {info.get('error')} (log: {info.get('log')})")
+                print(f"  {run.name}: {info.get('error')} (log: {self.root / info['log']})")
         return 1
 
 
@@ -588,7 +636,9 @@ def prepare(cfg: SweepConfig, fixed: list[str]) -> tuple[Path, Path, dict[str, l
     if entry.suffix != ".py" or not entry.is_file():
         raise ValueError(f"--entry={cfg.entry}: no such entry script; name one, e.g. "
                          f"train_bc.py or train_ppo.py")
-    if not cfg.seeds or len(set(cfg.seeds)) < len(cfg.seeds):
+    if not cfg.seeds:
+        raise ValueError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+    if len(set(cfg.seeds)) < len(cfg.seeds):
         raise ValueError(f"--seeds {' '.join(map(str, cfg.seeds))}: give distinct seeds")
     if cfg.jobs < 0 or cfg.threads < 0:
         raise ValueError("--jobs and --threads must be >= 0 (0 = chosen for this machine)")
@@ -612,28 +662,32 @@ def sweep(cfg: SweepConfig, fixed: list[str],
         jobs, threads = jobs_and_threads(cfg.jobs, cfg.threads, len(gpus))
     else:  # the cluster's cores, not this machine's
         gpus, jobs, threads = [], cfg.jobs, cfg.threads or 1
+    # Before anything is written: the study's identity and every run's flags, as the entry
+    # parses them (a typo is one line, not a directory of failed runs).
+    parse = entry_parser(entry)
+    manifest = merge_manifest(root, entry, grid, cfg.seeds, fixed, parse)
+    cwd = study_cwd(root, manifest)
+    runs = plan(manifest["grid"], manifest["seeds"], fixed, root, cwd)
+    check_runs(parse, [(run.name, [*run.flags, f"--threads={threads}"]) for run in runs])
     if cfg.dry_run:
-        root_exists = (root / MANIFEST).is_file()
-        manifest = merge_manifest(root, entry, grid, cfg.seeds, fixed) if root_exists else None
-        grid = manifest["grid"] if manifest else grid
-        seeds = manifest["seeds"] if manifest else cfg.seeds
-        for run in plan(grid, seeds, fixed, root):
-            how = run_state(run, root)
-            print(f"{how:8} {shlex.join([sys.executable, str(entry), *run.flags])}")
+        for run in runs:
+            print(f"{run_state(run, root):8} (in {cwd}) "
+                  f"{shlex.join(['python', manifest['entry'], *run.flags])}")
         return 0
     root.mkdir(parents=True, exist_ok=True)
     lock = lock_sweep(root)
     try:
-        manifest = merge_manifest(root, entry, grid, cfg.seeds, fixed)
-        runs = plan(manifest["grid"], manifest["seeds"], fixed, root)
-        study = Sweep(root, entry, manifest, runs)
+        # Read again under the lock: another sweep may have written it since.
+        manifest = merge_manifest(root, entry, grid, cfg.seeds, fixed, parse)
+        runs = plan(manifest["grid"], manifest["seeds"], fixed, root, cwd)
+        study = Sweep(root, manifest, runs)
         todo = []
         for run in runs:
             how = run_state(run, root)
             saved = manifest["runs"].get(run.name, {})
             manifest["runs"][run.name] = {**saved, "dir": run.name, "config": run.config,
                                           "seed": run.seed, "flags": run.flags,
-                                          "log": saved.get("log", str(run.log(root)))}
+                                          "log": saved.get("log", f"{run.name}.log")}
             if how == "finished":
                 manifest["runs"][run.name]["status"] = "finished"
             else:

@@ -7,7 +7,8 @@ The checkpoint records which tensors were frozen. With `--source imagenet` (or a
 torchvision state-dict file) each frozen tensor of a ResNet body is compared with the
 source body's tensor of the same name (use `--prefix` to pick one body when the model has
 several); with another of our checkpoints, name for name.
-Exit status 1 when any moved, or when there was nothing to check.
+Exit status 1 when any moved, or when there was nothing to check; 2 (one `error:` line)
+when a file is missing or is not a tensors-only torch file (text, truncated, pickled code).
 """
 
 from __future__ import annotations
@@ -18,20 +19,30 @@ from pathlib import Path
 
 import torch
 
+from encoders.torch_files import load_tensors
 from training.checkpoint import load_checkpoint
 from training.diagnostics import frozen_tensors_that_moved
 
 
 def _source_state(source: str, arch: str) -> tuple[dict[str, torch.Tensor], bool]:
-    """(state, is_body): a ResNet body state dict, or a whole model's state dict."""
+    """(state, is_body): a ResNet body state dict, or a whole model's state dict.
+
+    A file that is no tensors-only torch file, or holds no state dict, is a ValueError (bad
+    input, exit status 2), never taken for a body whose tensors all moved (exit status 1).
+    """
     from encoders.weights import load_imagenet_state
 
     if source == "imagenet":
         return load_imagenet_state(arch), True
-    state = torch.load(Path(source), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        return state["model"], False
-    return state, True
+    state = load_tensors(Path(source))
+    is_body = not (isinstance(state, dict) and isinstance(state.get("model"), dict))
+    state = state if is_body else state["model"]
+    tensors = state if isinstance(state, dict) else {}
+    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"--source {source} holds no state dict of tensors; give imagenet, a "
+                         f"torchvision state-dict file or one of our checkpoints")
+    return tensors, is_body
 
 
 def _as_body_names(state: dict, frozen: list[str], body_state: dict) -> dict[str, torch.Tensor]:
