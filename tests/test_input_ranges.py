@@ -446,3 +446,27 @@ def test_random_bytes_as_backbone_weights_are_one_line(tmp_path, capsys):
                                          f"torch checkpoint (unreadable: ")
     assert "pickled" not in message
     assert nothing_in(out)
+
+
+@pytest.mark.parametrize("args, nearest", [
+    (["--ppo.learning_rate=1e-3"], "did you mean --backbone.backbone_lr or --backbone.head_lr"),
+    (["--ppo.gama=0.9"], "--ppo.gama: did you mean --ppo.gamma?"),
+    (["--backbone.freeze=all"], "did you mean --backbone.freeze_mode?"),
+])
+def test_an_unknown_flag_names_the_nearest_real_ones(args, nearest):
+    import train_ppo
+    from training.ranges import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        train_ppo.parse_args(args)
+    message = str(err.value)
+    assert message.startswith(f"Unrecognized options: {args[0]}") and nearest in message
+    assert "\n" not in message
+
+
+def test_an_unknown_bc_flag_names_the_nearest_in_the_agents_config():
+    import train_bc
+    from training.ranges import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--agent.lr_rate: did you mean --agent.lr\?"):
+        train_bc.parse_args(["--agent.lr_rate=1"])
