@@ -239,16 +239,17 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
         data = load_data(cfg, task, run)
         agent: BCAgent = agent_class(cfg.agent, data.spec, run.device)
-        to_channels_last(agent, cfg.run.channels_last)
+        to_channels_last(agent, run.channels_last)
         # Same sample indices on every rank, each taking its shard of the global batch.
         sampler = torch.Generator(device=run.device).manual_seed(cfg.run.seed)
         start_step = resume_sampler(run.track(agent, agent.optimizer), sampler, cfg, run)
         # The loss's forward, data-parallel over processes and in bf16 when asked for.
         loss_fn = data_parallel(LossForward(agent, agent.loss), run.world, run.device)
-        loss_fn = with_autocast(loss_fn, run.device, cfg.run.amp)
+        loss_fn = with_autocast(loss_fn, run.device, run.bf16)
         logger = run.open({"agent_name": cfg.agent_name}, agent.components())
-        valid = held_out(agent, data, run)
-        data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
+        with autocast(run.device, run.bf16):  # the caches in the precision training reads
+            valid = held_out(agent, data, run)
+            data = agent.prepare(data)  # e.g. embed every frame once when the encoder is frozen
         evaluator: Evaluator | None = None
         if cfg.eval_episodes > 0 and run.is_main:
             evaluator = task.load_evaluator()(
@@ -262,11 +263,11 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
 
         def evaluate(step: int) -> dict[str, float]:
             if valid is not None:  # the held-out loss, logged apart from the returned metrics
-                with autocast(run.device, cfg.run.amp):
+                with autocast(run.device, run.bf16):
                     logger.log(agent.valid_metrics(valid), step=step)
             if evaluator is None:
                 return {}
-            with autocast(run.device, cfg.run.amp):
+            with autocast(run.device, run.bf16):
                 result = run.evaluate(step, lambda: evaluator.run(agent, cfg.eval_episodes))
             logger.log(result.metrics, step=step)
             if result.video is not None:

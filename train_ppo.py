@@ -174,8 +174,8 @@ def prefix_shape(model: HybridActorCritic, obs_shape: tuple[int, ...],
 
 
 def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: RolloutBuffer,
-                    next_obs: torch.Tensor, cfg: TrainPPOConfig, device: torch.device
-                    ) -> torch.Tensor:
+                    next_obs: torch.Tensor, cfg: TrainPPOConfig, device: torch.device,
+                    bf16: bool = False) -> torch.Tensor:
     """Fill the buffer with num_steps steps of every environment.
 
     An episode the time limit cut did not end: its last reward gets gamma V(final
@@ -185,7 +185,7 @@ def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: Rol
     """
     buffer.start()
     for t in range(cfg.ppo.num_steps):
-        with autocast(device, cfg.run.amp):
+        with autocast(device, bf16):
             out = model.act(next_obs)
         obs = next_obs
         next_obs, reward, terminated, truncated, info = envs.autoreset_step(
@@ -193,11 +193,11 @@ def collect_rollout(model: HybridActorCritic, envs: DurotaxisEngine, buffer: Rol
         )
         rows = info["truncated_rows"]
         if rows.numel():
-            with torch.no_grad(), autocast(device, cfg.run.amp):
+            with torch.no_grad(), autocast(device, bf16):
                 final_value = model.value(model.encode(info["final_obs"])[1]).float()
             reward = reward.index_add(0, rows, cfg.ppo.gamma * final_value)
         buffer.add(t, obs, out, reward, terminated | truncated, info)
-    with torch.no_grad(), autocast(device, cfg.run.amp):
+    with torch.no_grad(), autocast(device, bf16):
         _, next_critic = model.encode(next_obs)
         next_value = model.value(next_critic)
     buffer.compute_returns_and_advantage(next_value, cfg.ppo.gamma, cfg.ppo.gae_lambda)
@@ -251,7 +251,8 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
     out: dict[str, float] = {}
     if cfg.eval_episodes > 0:
         envs = make_engine(cfg.env, cfg.eval_episodes, run.device)
-        stats = run_episodes(envs, greedy_policy(model), seed=evaluation_seed(cfg.run.seed))
+        with autocast(run.device, run.bf16):
+            stats = run_episodes(envs, greedy_policy(model), seed=evaluation_seed(cfg.run.seed))
         out = {"eval/success_rate": stats["success_rate"], "eval/mean_return": stats["mean_return"],
                "eval/mean_length": stats["mean_length"], **baselines}
         run.logger.log(out, step=step)
@@ -282,7 +283,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         model = HybridActorCritic(cfg.backbone.encoder_config(), obs_shape, cfg.agent,
                                   action=durotaxis_action(cfg.env), frames=cfg.env.frame_stack)
         model = model.to(device).eval()
-        to_channels_last(model, cfg.run.channels_last)
+        to_channels_last(model, run.channels_last)
         optimizer = build_optimizer(model, backbone_lr=cfg.backbone.backbone_lr,
                                     head_lr=cfg.backbone.head_lr, kind="adam", eps=1e-5)
         reuse = cfg.reuse_features and model.caches_prefix
@@ -316,7 +317,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
         # The loss's forward, data-parallel over processes and in bf16 when asked for.
         loss_fn = data_parallel(LossForward(model, partial(ppo_loss, model, cfg=ppo)), world,
                                 device)
-        loss_fn = with_autocast(loss_fn, device, cfg.run.amp)
+        loss_fn = with_autocast(loss_fn, device, run.bf16)
         if cfg.eval_episodes > 0 and not baselines and run.is_main:
             baselines = baselines_on_evaluation_seeds(cfg.env, cfg.eval_episodes, cfg.run.seed,
                                                       device)
@@ -336,7 +337,7 @@ def train(cfg: TrainPPOConfig) -> dict[str, float]:
                 # ---- the method: anneal, collect a rollout, update
                 if ppo.anneal_lr:
                     scale_learning_rates(optimizer, 1.0 - (iteration - 1.0) / num_iterations)
-                next_obs = collect_rollout(model, envs, buffer, next_obs, cfg, device)
+                next_obs = collect_rollout(model, envs, buffer, next_obs, cfg, device, run.bf16)
                 global_step += ppo.num_steps * ppo.num_envs * world.world_size
                 metrics = update(model, optimizer, buffer, shuffle_gen, loss_fn, run, cfg)
 

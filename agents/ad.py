@@ -251,6 +251,7 @@ def previous_steps(actions: torch.Tensor, rewards: torch.Tensor,
 def sample_actions(logits: torch.Tensor, temperature: float,
                    generator: torch.Generator | None) -> torch.Tensor:
     """Gumbel-max sampling on the device (no host sync); temperature 0 is greedy."""
+    logits = logits.float()  # a bf16 run's logits: Gumbel noise on fp32 values
     if temperature <= 0:
         return logits.argmax(-1)
     u = torch.rand(logits.shape, device=logits.device, generator=generator)
@@ -394,7 +395,7 @@ class ADAgent(nn.Module):
         actions = batch["actions"][:, -self.window:]
         rewards = batch["rewards"][:, -self.window:]
         prev_a, prev_r = previous_steps(actions, rewards, self.embed.none_action)
-        logits = self.logits(obs, prev_a, prev_r)
+        logits = self.logits(obs, prev_a, prev_r).float()  # the loss in fp32 in a bf16 run
         loss = F.cross_entropy(logits.reshape(-1, self.num_actions), actions.reshape(-1))
         accuracy = (logits.argmax(-1) == actions).float().mean()
         return loss, {"train/loss": loss.detach(), "train/accuracy": accuracy}

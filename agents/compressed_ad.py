@@ -366,7 +366,8 @@ class CompressedADPretrainAgent(_SharedContext):
         depth = _draw_depth(available.clamp_min(1), 1)
         age = _draw_depth(depth - 1, 0)
         z = self.compress(obs, actions, rewards, depth)
-        logits = self.reconstruct(z, age)
+        # The losses in fp32 in a bf16 run.
+        logits = {name: value.float() for name, value in self.reconstruct(z, age).items()}
         # Episode of that age among the D: the newest is the last one.
         index = (d_max - 1 - age)[:, None] * h + torch.arange(h, device=obs.device)
         target = {
@@ -482,7 +483,7 @@ class CompressedADAgent(_SharedContext):
                               depth)
         raw_a, raw_r = actions[:, n_prefix:], rewards[:, n_prefix:]
         prev_a, prev_r = previous_steps(raw_a, raw_r, self.decoder_embed.none_action)
-        logits = self.logits(z, obs[:, n_prefix:], prev_a, prev_r)
+        logits = self.logits(z, obs[:, n_prefix:], prev_a, prev_r).float()  # fp32 loss
         loss = F.cross_entropy(logits.reshape(-1, self.num_actions), raw_a.reshape(-1))
         accuracy = (logits.argmax(-1) == raw_a).float().mean()
         return loss, {"train/loss": loss.detach(), "train/accuracy": accuracy,

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from encoders import EncoderConfig, ResNetEncoder
+from training.precision import fp32_region
 from training.ranges import at_least, finite
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -337,16 +338,19 @@ class HybridActorCritic(nn.Module):
         return encoder.from_prefix(prefix.flatten(0, 1)).reshape(prefix.shape[0], -1)
 
     def distribution(self, actor_features: torch.Tensor) -> HybridDistribution:
-        """The policy at these features."""
-        h = self.actor_trunk(actor_features)
-        return HybridDistribution(
-            self.kind_head(h), self.mean_head(h), self.log_std,
-            self.param_low, self.param_high, self.params_used,
-        )
+        """The policy at these features, in fp32 also in a bf16 run: PPO's ratio is the exp
+        of a difference of nearly equal log-probabilities, which bf16's 8 bits would swamp."""
+        with fp32_region(actor_features.device):
+            h = self.actor_trunk(actor_features.float())
+            return HybridDistribution(
+                self.kind_head(h), self.mean_head(h), self.log_std,
+                self.param_low, self.param_high, self.params_used,
+            )
 
     def value(self, critic_features: torch.Tensor) -> torch.Tensor:
-        """State values, shape B."""
-        return self.critic_head(critic_features).squeeze(-1)
+        """State values, shape B, in fp32 also in a bf16 run (regressed onto returns)."""
+        with fp32_region(critic_features.device):
+            return self.critic_head(critic_features.float()).squeeze(-1)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:

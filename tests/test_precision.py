@@ -1,5 +1,9 @@
-"""--amp (bf16 autocast) and --channels_last run end to end; weights and optimizer stay fp32."""
+"""--precision (bf16 autocast where native) and --channels_last run end to end; weights and
+optimizer stay fp32; `auto` is resolved from the device's capability (mocked for a GPU)."""
 
+import json
+
+import pytest
 import torch
 
 import train_bc
@@ -9,7 +13,12 @@ from envs.lift.dataset import make_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
 from training.distributed import LossForward
-from training.precision import to_channels_last, with_autocast
+from training.precision import (
+    describe_precision,
+    resolve_precision,
+    to_channels_last,
+    with_autocast,
+)
 
 CPU = torch.device("cpu")
 
@@ -33,22 +42,81 @@ def test_fbc_update_in_bf16_channels_last_keeps_fp32_state(tmp_path, one_torch_t
     assert state["exp_avg"].dtype == torch.float32
 
 
-def test_train_bc_ad_with_amp_trains_and_evaluates(histories, tmp_path, one_torch_thread):
+def test_train_bc_ad_in_bf16_trains_and_evaluates(histories, tmp_path, one_torch_thread):
     metrics = train_bc.train(train_bc.parse_args([
         "--env_name=darkroom", f"--dataset={histories}", "--agent=ad",
         "--agent.context_episodes=1", "--agent.d_model=32", "--agent.n_layer=1",
         "--agent.n_head=2", "--offline_steps=3", "--batch_size=4", "--eval_episodes=2",
-        "--device=cpu", "--amp=True", f"--output_dir={tmp_path / 'ad'}",
+        "--device=cpu", "--precision=bf16", f"--output_dir={tmp_path / 'ad'}",
     ]))
     assert metrics["eval/in_context_episodes"] == 2.0
 
 
-def test_train_ppo_with_amp_and_channels_last(tmp_path):
+def test_train_ppo_in_bf16_with_channels_last(tmp_path):
     final = train_ppo.main([
         "--backbone.weights=random", "--backbone.freeze_mode=last_block", "--ppo.num_envs=2",
         "--ppo.num_steps=4", "--ppo.total_timesteps=16", "--ppo.num_minibatches=2",
         "--ppo.update_epochs=1", "--env.image_size=32", "--env.max_steps=6",
-        "--eval_episodes=2", "--video=False", "--threads=1", "--device=cpu", "--amp=True",
+        "--eval_episodes=2", "--video=False", "--threads=1", "--device=cpu", "--precision=bf16",
         "--channels_last=True", f"--output_dir={tmp_path / 'ppo'}",
     ])
     assert 0.0 <= final["eval/success_rate"] <= 1.0 and final["train/skipped_nonfinite_steps"] == 0
+
+
+@pytest.mark.parametrize("device, cuda_bf16, cpu_bf16, amx, resolved", [
+    ("cuda", True, False, False, "bf16"),   # an H100: auto picks bf16
+    ("cuda", False, True, True, "fp32"),    # a GPU without bf16 (e.g. a T4)
+    ("cpu", False, True, False, "bf16"),    # AVX512_BF16 (this project's AMD EPYC)
+    ("cpu", False, False, True, "bf16"),    # AMX (Sapphire Rapids)
+    ("cpu", True, False, False, "fp32"),    # neither: bf16 would be emulated
+])
+def test_auto_precision_follows_the_devices_native_bf16(monkeypatch, device, cuda_bf16,
+                                                        cpu_bf16, amx, resolved):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: cuda_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    dev = torch.device(device)
+    assert resolve_precision("auto", dev) == resolved
+    assert resolve_precision("fp32", dev) == "fp32" and resolve_precision("bf16", dev) == "bf16"
+    line = describe_precision("auto", resolved, dev)
+    assert line.startswith(f"precision: {resolved}") and "auto" in line
+
+
+PPO_TINY = ["--backbone.weights=random", "--ppo.num_envs=2", "--ppo.num_steps=4",
+            "--ppo.num_minibatches=2", "--ppo.update_epochs=1", "--env.image_size=16",
+            "--env.max_steps=6", "--eval_episodes=0", "--video=False", "--threads=1",
+            "--device=cpu", "--wandb.mode=disabled"]
+
+
+def test_the_resolved_precision_is_recorded_and_a_resume_may_change_it(tmp_path, capsys):
+    out = tmp_path / "ppo"
+    train_ppo.main([*PPO_TINY, "--ppo.total_timesteps=8", "--precision=fp32",
+                    f"--output_dir={out}"])
+    assert "precision: fp32 (--precision=fp32)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["precision"] == "fp32"
+    train_ppo.main([f"--output_dir={out}", "--resume=True", "--ppo.total_timesteps=16",
+                    "--precision=bf16"])
+    assert "began in fp32 and goes on in bf16" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == "fp32"  # what it began in
+    assert config["resumes"][0]["changed"]["precision"] == ["fp32", "bf16"]
+    assert config["resumes"][0]["precision"] == ["fp32", "bf16"]
+
+
+def test_a_run_from_before_precision_resumes_in_fp32(tmp_path, capsys):
+    """Its config.json has no precision (or --amp): it ran in fp32 and goes on in fp32,
+    whatever `auto` would choose here."""
+    out = tmp_path / "ppo"
+    train_ppo.main([*PPO_TINY, "--ppo.total_timesteps=8", "--precision=fp32",
+                    f"--output_dir={out}"])
+    config = json.loads((out / "config.json").read_text())
+    del config["precision"]
+    config["run"].pop("precision")
+    config["run"]["amp"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    assert train_ppo.parse_args([f"--output_dir={out}", "--resume=True"]).run.precision == \
+        "fp32"
+    config["run"]["amp"] = True
+    (out / "config.json").write_text(json.dumps(config))
+    assert train_ppo.parse_args([f"--output_dir={out}", "--resume=True"]).run.precision == \
+        "bf16"

@@ -1,19 +1,56 @@
-"""Mixed precision (bf16 autocast) and channels-last convolutions, as run options.
+"""Precision chosen for the hardware (bf16 autocast or fp32), and channels-last bodies.
 
-bf16 keeps fp32's exponent range, so it needs no loss scaling (unlike fp16): the forward
-pass runs under autocast, the weights, gradients and optimizer state stay fp32.
-Channels-last (NHWC) lets cuDNN pick its tensor-core convolution kernels; a network in
-that format makes its convolution outputs channels-last whatever the input's layout.
+`--precision auto` (the default) runs bf16 autocast where the device computes bf16
+natively: a CUDA device that supports it, or a CPU with AVX512_BF16 or AMX (asked of torch,
+not read from /proc); fp32 elsewhere, where bf16 would be emulated and slower. bf16 keeps
+fp32's exponent range, so it needs no loss scaling (unlike fp16): the forward passes run
+under autocast, while the weights, gradients and optimizer state stay fp32, and the agents
+keep their numerically delicate parts in fp32 (losses, the PPO policy distribution and
+log-probabilities, value heads, the flow integration, the EMA). With bf16 the conv bodies
+are also channels-last (NHWC), the layout oneDNN's and cuDNN's bf16 kernels are fastest in;
+`--channels_last=True` asks for it in fp32 too.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+PrecisionChoice = Literal["auto", "bf16", "fp32"]
+Precision = Literal["bf16", "fp32"]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (so that autocast is a speed-up)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def resolve_precision(asked: PrecisionChoice, device: torch.device) -> Precision:
+    """`auto` as this device runs it; `bf16` and `fp32` as asked."""
+    if asked == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return asked
+
+
+def describe_precision(asked: PrecisionChoice, resolved: Precision, device: torch.device
+                       ) -> str:
+    """The line a run prints at start: what it runs at and why."""
+    if asked != "auto":
+        note = "" if resolved == "fp32" or native_bf16(device) else (
+            " (this device has no native bf16: emulated, likely slower than fp32)")
+        return f"precision: {resolved} (--precision={asked}){note}"
+    why = ("computes bf16 natively" if resolved == "bf16"
+           else "has no native bf16")
+    layout = ", channels-last bodies" if resolved == "bf16" else ""
+    return f"precision: {resolved}{layout} (auto: this {device.type} {why})"
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -33,6 +70,13 @@ def with_autocast(fn: Callable[..., Any], device: torch.device, enabled: bool) -
             return fn(*args, **kwargs)
 
     return run
+
+
+def fp32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off inside a bf16 run: the numerically delicate parts (log-probabilities and
+    their ratios, value regression, flow integration) compute in fp32; cast inputs with
+    .float() on the way in."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def to_channels_last(model: nn.Module, enabled: bool) -> nn.Module:

@@ -72,6 +72,7 @@ from training.guards import (
 from training.logger import RunLogger, WandbConfig
 from training.machine import describe_machine, machine_kind
 from training.parameter_report import encoder_weight_sources, parameter_report
+from training.precision import describe_precision, resolve_precision
 from training.run_dir import (
     ReplacedRun,
     RunDirError,
@@ -164,6 +165,9 @@ class Run:
         self.wandb = wandb
         self.entry = entry
         self.world, self.device = init_world(resolve_device(settings.device))
+        self.precision = resolve_precision(settings.precision, self.device)
+        if self.world.is_main:
+            tqdm.write(describe_precision(settings.precision, self.precision, self.device))
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
         seed_everything(settings.seed)  # the same initial weights on every rank
@@ -207,6 +211,16 @@ class Run:
             self._lock = self._on_main(lambda: RunDirLock(self.dir), share_result=False)
 
     # ----- setup ---------------------------------------------------------------------------
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the forward passes run under bf16 autocast (the resolved --precision)."""
+        return self.precision == "bf16"
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the conv bodies are channels-last: with bf16, or asked for."""
+        return self.bf16 or self.settings.channels_last
 
     @property
     def is_main(self) -> bool:
@@ -286,6 +300,7 @@ class Run:
         if model is not None:
             facts.update(encoder_weight_sources(model))
         machine = describe_machine(self.device)
+        facts["precision"] = self.precision  # as resolved on this device
         if resume_step is None:
             facts["machine"] = machine
         elif self.is_main:  # the first machine stays; each resume says where it went on
@@ -298,6 +313,11 @@ class Run:
                                   if k not in ("output_dir", "resume", "overwrite")}}
             facts["resumes"] = [*previous, record]
             tqdm.write(f"resumed from {self.ckpt_path} at step {resume_step}")
+            before = self.logger.config.get("precision", "fp32")  # runs before it: fp32
+            if before != self.precision:
+                tqdm.write(f"note: this run began in {before} and goes on in {self.precision} "
+                           f"(--precision); it will not repeat bit for bit")
+                record["precision"] = [before, self.precision]
             began = self.logger.config.get("machine")
             if began and machine_kind(began) != machine_kind(machine):
                 tqdm.write(f"note: this run began on {machine_kind(began)} and goes on on "

@@ -63,6 +63,15 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _with_run_precision(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config.json from before --precision ran in fp32 (or bf16 with --amp=True): a resume
+    keeps that, rather than taking today's default (auto)."""
+    run = saved.get("run")
+    if not isinstance(run, dict) or "precision" in run:
+        return saved
+    return {**saved, "run": {**run, "precision": "bf16" if run.get("amp") else "fp32"}}
+
+
 def config_from_saved(config_class: type[T], saved: dict[str, Any],
                       field_types: dict[str, type] | None = None) -> T:
     """`config_class` with the values of a saved config.json.
@@ -72,6 +81,7 @@ def config_from_saved(config_class: type[T], saved: dict[str, Any],
     defaults. `field_types` names the concrete class of a generic field (train_bc.py's
     `agent`).
     """
+    saved = _with_run_precision(saved)
     hints = typing.get_type_hints(config_class)
     hints.update(field_types or {})
     values = {LEGACY_FLAGS.get(k, k): v for k, v in saved.items()}

@@ -31,7 +31,7 @@ RESUMABLE_CHANGES = {
     "eval_seeds",
     "device",
     "threads",
-    "amp",
+    "precision",
     "channels_last",
     "video",
     "output_dir",
@@ -62,10 +62,12 @@ class RunSettings:
     """Replace the run in --output_dir (only a directory this project made as a run)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available (under torchrun: cuda:LOCAL_RANK)."""
-    amp: bool = False
-    """bf16 autocast for forward passes (weights, gradients and optimizer stay fp32)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto = bf16 autocast where the device computes bf16 natively (a bf16 GPU, a CPU with
+    AVX512_BF16 or AMX), else fp32; weights, gradients, optimizer state and the agents'
+    losses, distributions and value heads stay fp32."""
     channels_last: bool = False
-    """Keep convolution weights channels-last (NHWC): faster convolutions on GPUs."""
+    """Conv bodies channels-last (NHWC) in fp32 too (bf16 runs always are)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     log_interval: int = 100
