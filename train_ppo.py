@@ -59,7 +59,7 @@ from training.distributed import (
 )
 from training.logger import WandbConfig
 from training.optim import build_optimizer, scale_learning_rates
-from training.precision import autocast, to_channels_last, with_autocast
+from training.precision import autocast, to_channels_last, unit_map_hazard, with_autocast
 from training.ranges import ConfigError, positive
 from training.run import Run
 from training.saved_config import config_from_saved, read_saved_config, resumed_run_dir
@@ -272,7 +272,10 @@ def evaluate(model: HybridActorCritic, cfg: TrainPPOConfig, run: Run, history: l
 def train(cfg: TrainPPOConfig) -> dict[str, float]:
     """Set up through the harness, then collect_rollout / update per iteration, evaluate."""
     name = f"ppo_durotaxis_{cfg.env.preset}_{cfg.backbone.freeze_mode}_s{cfg.run.seed}"
-    with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_ppo") as run:
+    hazard = unit_map_hazard(cfg.env.image_size,
+                             trains_last_stage=cfg.backbone.freeze_mode != "all")
+    with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_ppo",
+             bf16_hazard=hazard) as run:
         world, device, ppo = run.world, run.device, cfg.ppo
         # Each rank steps its own ppo.num_envs environments; total_timesteps counts them all.
         num_iterations = max(1, ppo.total_timesteps // (ppo.batch_size * world.world_size))

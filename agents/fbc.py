@@ -35,14 +35,18 @@ training (rollouts, the held-out loss) the centre crop is used, live or cached.
 The policy that acts (and whose held-out loss is `valid/flow_loss`) is an exponential
 moving average of the trained one: torch's AveragedModel with use_buffers=True, so that
 BatchNorm's running statistics are averaged with the weights they belong to (EMAPolicy
-says why, and where it departs from AveragedModel's defaults).
+says why, and where it departs from AveragedModel's defaults). It sits beside the trained
+network, not inside the agent's module tree, so that DDP, which broadcasts the buffers of
+what it wraps before every forward, does not send its copies of the weights each step;
+it is in the agent's state dict all the same (FBCAgent.state_dict).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +58,7 @@ from tqdm import tqdm
 
 from encoders import Arch, EncoderConfig, ResNetEncoder
 from training.diagnostics import frozen_parameter_names, grad_norms
+from training.guards import StopRequested
 from training.optim import build_optimizer
 from training.ranges import ConfigError, at_least, at_least_finite, positive, unit_interval
 
@@ -516,6 +521,21 @@ class EMAPolicy(AveragedModel):
         self._count += 1
 
 
+def substate(state: Mapping[str, Any], head: str) -> dict[str, Any]:
+    """The entries of `state` under `head` (e.g. "ema."), with `head` taken off, and the
+    matching version metadata (BatchNorm reads it when loading)."""
+    out: dict[str, Any] = OrderedDict(
+        (k[len(head) :], v) for k, v in state.items() if k.startswith(head)
+    )
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (k[len(head) :], v) for k, v in metadata.items()
+            if k == head[:-1] or k.startswith(head)
+        )
+    return out
+
+
 def upgrade_ema_state(
     state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -627,7 +647,14 @@ class FBCAgent(nn.Module):
         if cfg.uses_feature_cache and crop is not None:
             height, width = (int(d) for d in spec.image_shape[1:])
             self.crop_grid = crop_grid(height, width, crop, cfg.cache_crops)
-        self.ema = EMAPolicy(self.policy, cfg.ema_decay) if cfg.ema else None
+        # Not a submodule (object.__setattr__): DDP wraps the agent and broadcasts every buffer
+        # of what it wraps before each forward, and the EMA's copies of the weights are
+        # buffers, so a full copy of the trainable weights would go out at every step. The
+        # EMA travels with the agent through state_dict (keys ema.*), load_state_dict,
+        # .to() and modules() (see there); DDP, parameters() and buffers() do not see it.
+        object.__setattr__(
+            self, "ema", EMAPolicy(self.policy, cfg.ema_decay) if cfg.ema else None
+        )
         self.to(self.device)
         self.optimizer = build_optimizer(
             self,
@@ -728,6 +755,59 @@ class FBCAgent(nn.Module):
         state = upgrade_ema_state(state_dict, self.state_dict(keep_vars=True))
         return super().load_state_dict(state, strict=strict, assign=assign)
 
+    # ----- the EMA model, kept outside the module tree, travels with the agent -------------
+    def state_dict(
+        self, *, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """nn.Module's, plus the EMA model's state under `ema.` (the layout it had as a
+        submodule, so checkpoints of either kind load in both)."""
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if self.ema is not None:
+            self.ema.state_dict(destination=state, prefix=f"{prefix}ema.", keep_vars=keep_vars)
+        return state
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """nn.Module's, then the EMA model's keys (`ema.*`), which nn.Module, not seeing a
+        submodule `ema`, counts as unexpected."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
+        )
+        if self.ema is None:
+            return
+        head = f"{prefix}ema."
+        unexpected_keys[:] = [k for k in unexpected_keys if not k.startswith(head)]
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        result = self.ema.load_state_dict(
+            substate(state_dict, head), strict=False, assign=assign
+        )
+        missing_keys.extend(head + k for k in result.missing_keys)
+        unexpected_keys.extend(head + k for k in result.unexpected_keys)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> FBCAgent:
+        """Device, dtype and memory-format changes (.to, to_channels_last) reach the EMA."""
+        super()._apply(fn, recurse)
+        if recurse and self.ema is not None:
+            self.ema._apply(fn, recurse)
+        return self
+
+    def modules(self, remove_duplicate: bool = True) -> Iterator[nn.Module]:
+        """The agent's modules, then the EMA model's: every module that computes for the
+        agent, the one that acts included (hooks, mode checks). named_modules(), which
+        parameters(), buffers() and DDP walk, stays the trained network's."""
+        yield from super().modules(remove_duplicate)
+        if self.ema is not None:
+            yield from self.ema.modules(remove_duplicate)
+
     def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The next action_horizon actions for each observation: B x action_horizon x A."""
         return self.sample_chunks(obs)[:, : self.cfg.action_horizon]
@@ -746,24 +826,33 @@ class FBCAgent(nn.Module):
         channels_last = dict.fromkeys(enc.image_keys, False)
         bs = self.cfg.cache_batch_size
         starts = range(0, data.num_samples, bs)
-        for start in tqdm(starts, desc="embedding frames (frozen encoder)", unit="batch"):
-            idx = torch.arange(start, min(start + bs, data.num_samples), device=data.device)
-            batch = data.batch(idx)
-            for key in enc.image_keys:
-                images = batch[f"obs/{key}"]
-                if grid is None:
-                    out[key].append(enc.frozen_part(key, images))
-                    continue
-                body = enc.body(key)
-                crops = [body.frozen_prefix(grid.crop(images, k)) for k in range(grid.count)]
-                # Maps that some kernels (CPU) give channels-last are stored B x K x h x w x C,
-                # so that a row read back has their layout: the trainable blocks then pick
-                # the kernels, and the rounding, that they pick on the live maps.
-                channels_last[key] = is_channels_last(crops[0])
-                if channels_last[key]:
-                    crops = [c.permute(0, 2, 3, 1) for c in crops]
-                out[key].append(torch.stack(crops, dim=1))
-        self.train(was_training)
+        bar = tqdm(starts, desc="embedding frames (frozen encoder)", unit="batch")
+        try:
+            for start in bar:
+                idx = torch.arange(start, min(start + bs, data.num_samples), device=data.device)
+                batch = data.batch(idx)
+                for key in enc.image_keys:
+                    images = batch[f"obs/{key}"]
+                    if grid is None:
+                        out[key].append(enc.frozen_part(key, images))
+                        continue
+                    body = enc.body(key)
+                    crops = [body.frozen_prefix(grid.crop(images, k)) for k in range(grid.count)]
+                    # Maps that some kernels (CPU) give channels-last are stored B x K x h x w x C,
+                    # so that a row read back has their layout: the trainable blocks then pick
+                    # the kernels, and the rounding, that they pick on the live maps.
+                    channels_last[key] = is_channels_last(crops[0])
+                    if channels_last[key]:
+                        crops = [c.permute(0, 2, 3, 1) for c in crops]
+                    out[key].append(torch.stack(crops, dim=1))
+        except (StopRequested, KeyboardInterrupt) as stop:
+            done = min(bar.n * bs, data.num_samples)
+            kept = (f"the frozen-feature cache ({done} of {data.num_samples} frames embedded) "
+                    "is held in memory only; the next run builds it again")
+            raise StopRequested.keeping(stop, kept) from None
+        finally:
+            bar.close()  # ends the bar's line, so that what is printed next starts a new one
+            self.train(was_training)
         # torch.cat keeps a 4-d map's layout (channels-last or not).
         cache = {k: torch.cat(v) for k, v in out.items()}
         return {k: v.permute(0, 1, 4, 2, 3) if channels_last[k] else v for k, v in cache.items()}

@@ -494,17 +494,17 @@ def test_bad_lift_dataset_is_one_line_and_touches_nothing(
     kind, lift_file, lift_run, tmp_path, monkeypatch, capsys
 ):
     path = bad_lift_file(kind, lift_file, tmp_path)
-    before = snapshot(lift_run)
-    message = cli_error(
-        monkeypatch,
-        capsys,
-        *fbc_args(path, FBC_FROZEN),
-        "--offline_steps=4",
-        f"--output_dir={lift_run}",
-        "--resume=True",
-    )
+    # A run whose dataset went bad since (a resume reads the dataset its config.json names).
+    run = tmp_path / "run"
+    shutil.copytree(lift_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = str(path)
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    before = snapshot(run)
+    message = cli_error(monkeypatch, capsys, "--offline_steps=4", f"--output_dir={run}",
+                        "--resume=True")
     assert BAD_LIFT_FILES[kind] in message and str(path) in message
-    assert snapshot(lift_run) == before
+    assert snapshot(run) == before
     fresh = tmp_path / "fresh"
     cli_error(monkeypatch, capsys, *fbc_args(path, FBC_FROZEN), f"--output_dir={fresh}")
     assert not fresh.exists() or not any(fresh.iterdir())
@@ -529,18 +529,19 @@ def test_inconsistent_options_are_one_line_errors(
 ):
     before = snapshot(lift_run)
     resume = ("--offline_steps=4", f"--output_dir={lift_run}", "--resume=True")
+    fresh = ("--offline_steps=4", f"--output_dir={tmp_path / 'fresh'}")
     # Random crops larger than the image would silently crop nothing.
     message = cli_error(
         monkeypatch,
         capsys,
         *fbc_args(lift_file, FBC_FROZEN, "--agent.random_crop=True", f"--agent.crop_size={IMAGE}"),
-        *resume,
+        *fresh,
     )
     assert f"--agent.crop_size={IMAGE} cannot crop the 32x32 images" in message
     assert "--agent.random_crop=False" in message
     # An in-context agent on a Lift task (it used to die on a KeyError deep in the agent).
     message = cli_error(
-        monkeypatch, capsys, "--agent=ad", *fbc_args(lift_file, FBC[:1] + COMMON), *resume
+        monkeypatch, capsys, "--agent=ad", *fbc_args(lift_file, FBC[:1] + COMMON), *fresh
     )
     assert ("--agent=ad does not fit --env_name=lift-tiny: its data is shaped by the agent's "
             "chunk_length") in message
@@ -624,19 +625,18 @@ def test_bad_histories_files_are_one_line_and_touch_nothing(
         wrong_keys: "is not a Dark Room histories file: missing actions, rewards, tasks",
         tmp_path / "missing.npz": "does not exist; make one with python -m envs.darkroom.histories",
     }
-    before = snapshot(ad_run)
     for path, text in expected.items():
-        message = cli_error(
-            monkeypatch,
-            capsys,
-            *AD,
-            f"--dataset={path}",
-            "--offline_steps=4",
-            f"--output_dir={ad_run}",
-            "--resume=True",
-        )
+        # A run whose histories went bad since: a resume reads what its config.json names.
+        run = tmp_path / f"run_{path.stem}"
+        shutil.copytree(ad_run, run)
+        config = json.loads((run / "config.json").read_text())
+        config["dataset"] = str(path)
+        (run / "config.json").write_text(json.dumps(config, indent=2))
+        before = snapshot(run)
+        message = cli_error(monkeypatch, capsys, "--offline_steps=4", f"--output_dir={run}",
+                            "--resume=True")
         assert text in message and "python -m envs.darkroom.histories" in message, message
-    assert snapshot(ad_run) == before
+        assert snapshot(run) == before
 
 
 # ---------------------------------------------------------------- 5. no pickled code runs

@@ -37,6 +37,7 @@ def ad_args(histories: Path, out: Path, *extra: str) -> list[str]:
             "--agent.context_episodes=1", "--agent.d_model=32", "--agent.n_layer=1",
             "--agent.n_head=2", "--agent.dropout=0", "--offline_steps=6", "--batch_size=8",
             "--eval_episodes=0", "--log_interval=2", "--save_interval=3", "--device=cpu",
+            "--precision=fp32",  # compared to 1e-5: summation order, not bf16 rounding
             f"--output_dir={out}", *extra]
 
 

@@ -17,8 +17,10 @@ from training.precision import (
     describe_precision,
     resolve_precision,
     to_channels_last,
+    unit_map_hazard,
     with_autocast,
 )
+from training.ranges import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -93,14 +95,14 @@ def test_the_resolved_precision_is_recorded_and_a_resume_may_change_it(tmp_path,
     train_ppo.main([*PPO_TINY, "--ppo.total_timesteps=8", "--precision=fp32",
                     f"--output_dir={out}"])
     assert "precision: fp32 (--precision=fp32)" in capsys.readouterr().out
-    assert json.loads((out / "config.json").read_text())["precision"] == "fp32"
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "fp32"
     train_ppo.main([f"--output_dir={out}", "--resume=True", "--ppo.total_timesteps=16",
                     "--precision=bf16"])
     assert "began in fp32 and goes on in bf16" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["precision"] == "fp32"  # what it began in
+    assert config["resolved_precision"] == "fp32"  # what it began in
     assert config["resumes"][0]["changed"]["precision"] == ["fp32", "bf16"]
-    assert config["resumes"][0]["precision"] == ["fp32", "bf16"]
+    assert config["resumes"][0]["resolved_precision"] == ["fp32", "bf16"]
 
 
 def test_a_run_from_before_precision_resumes_in_fp32(tmp_path, capsys):
@@ -110,7 +112,7 @@ def test_a_run_from_before_precision_resumes_in_fp32(tmp_path, capsys):
     train_ppo.main([*PPO_TINY, "--ppo.total_timesteps=8", "--precision=fp32",
                     f"--output_dir={out}"])
     config = json.loads((out / "config.json").read_text())
-    del config["precision"]
+    del config["resolved_precision"]
     config["run"].pop("precision")
     config["run"]["amp"] = False
     (out / "config.json").write_text(json.dumps(config))
@@ -120,3 +122,20 @@ def test_a_run_from_before_precision_resumes_in_fp32(tmp_path, capsys):
     (out / "config.json").write_text(json.dumps(config))
     assert train_ppo.parse_args([f"--output_dir={out}", "--resume=True"]).run.precision == \
         "bf16"
+
+
+def test_a_trained_last_stage_on_a_unit_map_runs_in_fp32(tmp_path, capsys):
+    """16 x 16 images give layer4 a 1 x 1 map, whose bf16 weight gradients are sometimes NaN
+    on the CPU: auto picks fp32 and says why; an explicit bf16 is refused in one line."""
+    out = tmp_path / "ppo"
+    args = [*PPO_TINY, "--ppo.total_timesteps=8", "--backbone.freeze_mode=last_block"]
+    train_ppo.main([*args, f"--output_dir={out}"])
+    assert "precision: fp32 (auto: images of 16 x 16 give the trained last ResNet stage a 1 x 1 " \
+        "map" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "fp32"
+    with pytest.raises(ConfigError, match="--precision=bf16: images of 16 x 16 give"):
+        train_ppo.main([*args, "--precision=bf16", f"--output_dir={tmp_path / 'refused'}"])
+    assert not (tmp_path / "refused").exists()
+    # All frozen, or larger images: nothing in bf16's way.
+    assert unit_map_hazard(16, trains_last_stage=False) is None
+    assert unit_map_hazard(32, trains_last_stage=True) is None

@@ -533,16 +533,16 @@ class Reworded:  # every console message reworded: the outcome must not depend o
     def flush(self): self.stream.flush()
     def isatty(self): return False
 
-real_save = harness.Run.save
 def save_then_signal(self, step, *args, **kwargs):  # the first attempt is pre-empted
     real_save(self, step, *args, **kwargs)
-    marker = Path(self.dir) / ".signalled"
+    marker = Path(self.dir).parent / f".{{Path(self.dir).name}}.signalled"
     if not marker.exists():
         marker.write_text("")
         os.kill(os.getpid(), signal.SIGTERM)
-harness.Run.save = save_then_signal
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the sweep imports this file for parse_args: patch only when run
+    real_save = harness.Run.save
+    harness.Run.save = save_then_signal
     sys.stdout, sys.stderr = Reworded(sys.stdout), Reworded(sys.stderr)
     run_main(lambda: train_ppo.main(sys.argv[1:]))
 """

@@ -176,7 +176,7 @@ def run_main(main: Callable[[], object]) -> None:
     Set RLENC_TRACEBACK=1 to see the full traceback of such an error.
     """
     from encoders import ImageNetWeightsUnavailable
-    from training.guards import NonFiniteGradient, StopRequested
+    from training.guards import NonFiniteGradient, StopRequested, signal_of
     from training.logger import WandbUnavailable
     from training.ranges import ConfigError
     from training.run import EvaluationFailed, RunStopped
@@ -202,8 +202,7 @@ def run_main(main: Callable[[], object]) -> None:
         if os.environ.get("RLENC_TRACEBACK"):
             raise
         said = str(err) if isinstance(err, RunStopped) else (
-            f"{getattr(err, 'signal_name', 'SIGINT')}: stopped before a run began; nothing "
-            f"was written")
+            f"{signal_of(err)}: stopped before a run began; nothing was written")
         if said:
             print(f"\n{said}", file=sys.stderr)
         raise SystemExit(EXIT_STOPPED) from None

@@ -95,6 +95,16 @@ class StopRequested(BaseException):
         self.signal_name = signal_name
         self.kept = kept
 
+    @classmethod
+    def keeping(cls, stop: BaseException, kept: str) -> StopRequested:
+        """`stop` (a StopRequested, or a KeyboardInterrupt: SIGINT) saying what was kept."""
+        return cls(signal_of(stop), kept)
+
+
+def signal_of(stop: BaseException) -> str:
+    """The signal's name of a StopRequested or a KeyboardInterrupt (SIGINT)."""
+    return stop.signal_name if isinstance(stop, StopRequested) else "SIGINT"
+
 
 class StopRaises:
     """Context manager: SIGINT / SIGTERM raise StopRequested where the program is.

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from training.ranges import ConfigError
+
 PrecisionChoice = Literal["auto", "bf16", "fp32"]
 Precision = Literal["bf16", "fp32"]
 
@@ -33,16 +35,42 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(asked: PrecisionChoice, device: torch.device) -> Precision:
-    """`auto` as this device runs it; `bf16` and `fp32` as asked."""
+def resolve_precision(asked: PrecisionChoice, device: torch.device,
+                      bf16_hazard: str | None = None) -> Precision:
+    """`auto` as this device runs it; `bf16` and `fp32` as asked.
+
+    `bf16_hazard` says why this run must not train in bf16 (auto then picks fp32, and an
+    explicit bf16 is refused in one line).
+    """
+    if bf16_hazard is not None:
+        if asked == "bf16":
+            raise ConfigError(f"--precision=bf16: {bf16_hazard}; use --precision=fp32 (or "
+                              f"auto, which picks fp32 for this run)")
+        return "fp32"
     if asked == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return asked
 
 
-def describe_precision(asked: PrecisionChoice, resolved: Precision, device: torch.device
-                       ) -> str:
+def unit_map_hazard(image_size: int, trains_last_stage: bool) -> str | None:
+    """Why a ResNet whose last stage trains must not train in bf16 on images this small.
+
+    Its last stage then sees a 1 x 1 map (the body downsamples 16x before it), and the bf16
+    weight gradient of a 3 x 3, stride-2 convolution on a 1 x 1 input is sometimes NaN on
+    the CPU (oneDNN, torch 2.14.1: 11 of 40 tries of the bare convolution on the AMD EPYC,
+    none on 2 x 2 or larger maps).
+    """
+    if trains_last_stage and image_size <= 16:
+        return (f"images of {image_size} x {image_size} give the trained last ResNet stage a "
+                f"1 x 1 map, whose bf16 weight gradients are sometimes NaN on the CPU")
+    return None
+
+
+def describe_precision(asked: PrecisionChoice, resolved: Precision, device: torch.device,
+                       bf16_hazard: str | None = None) -> str:
     """The line a run prints at start: what it runs at and why."""
+    if bf16_hazard is not None:
+        return f"precision: fp32 (auto: {bf16_hazard})"
     if asked != "auto":
         note = "" if resolved == "fp32" or native_bf16(device) else (
             " (this device has no native bf16: emulated, likely slower than fp32)")

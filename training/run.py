@@ -68,6 +68,7 @@ from training.guards import (
     StopOnSignal,
     StopRaises,
     StopRequested,
+    signal_of,
 )
 from training.logger import RunLogger, WandbConfig
 from training.machine import describe_machine, machine_kind
@@ -159,15 +160,17 @@ class Run:
         name: str,
         entry: str,
         inputs: Iterable[str | Path | None] = (),
+        bf16_hazard: str | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.wandb = wandb
         self.entry = entry
         self.world, self.device = init_world(resolve_device(settings.device))
-        self.precision = resolve_precision(settings.precision, self.device)
+        self.precision = resolve_precision(settings.precision, self.device, bf16_hazard)
         if self.world.is_main:
-            tqdm.write(describe_precision(settings.precision, self.precision, self.device))
+            tqdm.write(describe_precision(settings.precision, self.precision, self.device,
+                                          bf16_hazard))
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
         seed_everything(settings.seed)  # the same initial weights on every rank
@@ -300,7 +303,7 @@ class Run:
         if model is not None:
             facts.update(encoder_weight_sources(model))
         machine = describe_machine(self.device)
-        facts["precision"] = self.precision  # as resolved on this device
+        facts["resolved_precision"] = self.precision  # --precision as this device ran it
         if resume_step is None:
             facts["machine"] = machine
         elif self.is_main:  # the first machine stays; each resume says where it went on
@@ -313,11 +316,11 @@ class Run:
                                   if k not in ("output_dir", "resume", "overwrite")}}
             facts["resumes"] = [*previous, record]
             tqdm.write(f"resumed from {self.ckpt_path} at step {resume_step}")
-            before = self.logger.config.get("precision", "fp32")  # runs before it: fp32
+            before = self.logger.config.get("resolved_precision", "fp32")  # older runs: fp32
             if before != self.precision:
                 tqdm.write(f"note: this run began in {before} and goes on in {self.precision} "
                            f"(--precision); it will not repeat bit for bit")
-                record["precision"] = [before, self.precision]
+                record["resolved_precision"] = [before, self.precision]
             began = self.logger.config.get("machine")
             if began and machine_kind(began) != machine_kind(machine):
                 tqdm.write(f"note: this run began on {machine_kind(began)} and goes on on "
@@ -458,8 +461,8 @@ class Run:
                 write_outcome(self.dir, "failed", self._saved_step,
                               f"{type(error).__name__}: {reason}")
             return error
-        signal_name = getattr(error, "signal_name", "SIGINT")
-        kept = getattr(error, "kept", None)
+        signal_name = signal_of(error)
+        kept = error.kept if isinstance(error, StopRequested) else None
         said = f"{signal_name} before the training loop ended" + (f": {kept}" if kept else "")
         if not self.is_main:
             return RunStopped("")

@@ -17,6 +17,11 @@ model first.
 `states`, which is what robomimic's `dataset_states_to_obs` does; real v1.5 robomimic
 files ship low-dim only, so this is how their image versions are made here.
 
+A stop (Ctrl-C, SIGTERM) keeps what is complete: `generate` keeps its finished demos in
+`<output>.partial`, and the same command, run again, continues from them to the file an
+uninterrupted run writes. The command line says what it kept in one line and exits with
+EXIT_STOPPED (75).
+
 Both write the render settings they used into `data.attrs["env_args"]["render_settings"]`
 (reflections and multisampling off by default, for speed; `--robomimic_render` renders as
 robosuite and robomimic do), and environments made from that env_args render the same way.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +56,8 @@ from envs.lift.env import (
     demo_seed,
 )
 from envs.lift.scripted import LEVELS, PRESETS, Operator, ScriptedLiftPolicy, make_operators
+from training.guards import StopRaises, StopRequested, signal_of
+from training.run_outcome import EXIT_STOPPED
 
 GENERATOR_VERSION = 3
 """Bumped whenever generate() writes different demos for the same arguments (2: per-demo
@@ -57,8 +65,18 @@ env seeds and models, render settings in env_args; 3: operators with wrist rotat
 approach paths, gripper timing and missed-grasp recoveries), so a cached default file
 made by an older version is not reused."""
 
+PROGRESS = "generation_progress"
+"""data.attrs key of a file still being written: the demos complete so far (JSON)."""
+
+
 class RobomimicWriter:
-    """Writes demos to a robomimic-layout HDF5 file (data/demo_i, mask/*)."""
+    """Writes demos to a robomimic-layout HDF5 file (data/demo_i, mask/*).
+
+    Until `close`, the file records after each demo what is complete (data.attrs[PROGRESS]:
+    the demo count, the masks so far and the caller's `state`), in one attribute written in
+    place, so a stop at any point leaves a file that `reopen` continues from its last
+    complete demo.
+    """
 
     def __init__(self, path: str | Path, env_args: dict) -> None:
         self.path = Path(path)
@@ -69,6 +87,43 @@ class RobomimicWriter:
         self.num_demos = 0
         self.total = 0
         self.groups: dict[str, list[str]] = {}
+        self.state: dict | None = None
+        self._record_progress()
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> RobomimicWriter:
+        """The writer of an unclosed file, to add demos after its complete ones; a demo that
+        was being written when the file was left (not in its progress record) is deleted.
+        KeyError or OSError when the file has no progress record or cannot be read."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "a")
+        try:
+            self.data = self.file["data"]
+            progress = json.loads(self.data.attrs[PROGRESS])
+            self.num_demos, self.total = int(progress["demos"]), int(progress["total"])
+            self.groups, self.state = progress["groups"], progress["state"]
+            for name in list(self.data):
+                if _demo_index(name) >= self.num_demos:
+                    del self.data[name]
+            if "mask" in self.file:  # masks are written at close, which was cut short
+                del self.file["mask"]
+        except BaseException:
+            self.file.close()
+            raise
+        return self
+
+    def _record_progress(self) -> None:
+        # attrs.modify writes an existing attribute in place, in one call: a stop leaves
+        # the old record or the new one, never none (attrs[...] = deletes, then creates).
+        record = {
+            "demos": self.num_demos,
+            "total": self.total,
+            "groups": self.groups,
+            "state": self.state,
+        }
+        self.data.attrs.modify(PROGRESS, json.dumps(record))
+        self.file.flush()
 
     def add_demo(
         self,
@@ -83,10 +138,13 @@ class RobomimicWriter:
         seed: int | None = None,
         group: str | Sequence[str] | None = None,
         attrs: dict | None = None,
+        state: dict | None = None,
     ) -> str:
         """Append one demo; obs values are (T, ...) arrays, images uint8 (T, H, W, 3);
         model_xml is the model it ran in, seed the env seed it started from; group names
-        the mask(s) it belongs to, attrs go to the demo group's attrs (e.g. its operator)."""
+        the mask(s) it belongs to, attrs go to the demo group's attrs (e.g. its operator).
+        state (JSON-able) is what the caller needs to go on after this demo; `reopen`
+        gives back the last complete demo's as `.state`."""
         name = f"demo_{self.num_demos}"
         g = self.data.create_group(name)
         n = len(actions)
@@ -108,7 +166,17 @@ class RobomimicWriter:
         self.total += n
         for key in [group] if isinstance(group, str) else group or ():
             self.groups.setdefault(key, []).append(name)
+        self.state = state
+        self._record_progress()
         return name
+
+    def suspend(self) -> int:
+        """Close the file unfinished, for `reopen`; returns the complete demos it holds (as
+        recorded: a stop inside add_demo leaves the count here one ahead of the file's)."""
+        try:
+            return int(json.loads(self.data.attrs[PROGRESS])["demos"])
+        finally:
+            self.file.close()
 
     def close(self, valid_fraction: float = 0.1, seed: int = 0) -> None:
         """Write attrs and masks, close the file: train/valid, one mask per group and, as in
@@ -126,6 +194,7 @@ class RobomimicWriter:
             masks[f"{key}_valid"] = [d for d in demos if d in set(valid)]
         for key, demos in masks.items():
             self.file.create_dataset(f"mask/{key}", data=np.array(demos, dtype="S"))
+        del self.data.attrs[PROGRESS]  # a finished file is not continued
         self.file.close()
 
 
@@ -232,6 +301,12 @@ def generate(
     None; without one, `operators` is a count for make_operators or a list of Operators.
     Operators take equal turns. The file depends on `seed` alone: every demo's env seed,
     and so its cube size and placement, is drawn from it, whatever state np.random was in.
+
+    The demos go to `<output>.partial`, renamed to `output` once all are there. A stop
+    (StopRequested, KeyboardInterrupt) keeps the complete demos there and raises
+    StopRequested saying so; a later call with the same arguments continues from them and
+    writes the file an uninterrupted call writes (the rng's state is recorded with each
+    demo). A partial file made with other arguments, or damaged, is started over.
     """
     ops = resolve_operators(operators, preset)
     if num_demos is None:
@@ -240,20 +315,89 @@ def generate(
         num_demos = PRESETS[preset].num_demos
     if num_demos < 1:
         raise ValueError(f"--num_demos must be >= 1, got {num_demos}")
-    env_args = default_env_args(cameras, image_size, render_settings)
-    env = LiftEnv(env_args, use_images=bool(cameras))
-    env_args["render_settings"] = env.render_record()
-    rng = np.random.default_rng(seed)
     output = Path(output)
     # Written under another name and renamed at the end: an interrupted run leaves no
     # file that looks complete (the task module generates its default on first use).
     tmp = output.with_name(output.name + ".partial")
+    # What decides the demos besides env_args; a partial file is continued only if equal.
+    attrs = {
+        "preset": preset or "custom",
+        "operators": json.dumps([asdict(op) for op in ops]),
+        "generator": json.dumps(
+            {"version": GENERATOR_VERSION, "seed": seed, "num_demos": num_demos,
+             "max_steps": max_steps}
+        ),
+    }
+    env = writer = None
+    try:
+        env_args = default_env_args(cameras, image_size, render_settings)
+        env = LiftEnv(env_args, use_images=bool(cameras))
+        env_args["render_settings"] = env.render_record()
+        writer = _open_partial(tmp, env_args, attrs)
+        if writer.num_demos:
+            print(f"[envs.lift] continuing {tmp}: {writer.num_demos} of {num_demos} demos "
+                  "were kept by an earlier run")
+        stats = _write_demos(writer, env, ops, num_demos, seed, max_steps, progress)
+        writer.close(seed=seed)
+        writer = None
+        tmp.replace(output)
+        return stats
+    except (StopRequested, KeyboardInterrupt) as stop:
+        kept = _keep_partial(writer, tmp, output, num_demos)
+        raise StopRequested.keeping(stop, kept) from None
+    except BaseException:
+        if writer is not None:
+            writer.file.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if env is not None:
+            env.close()
+
+
+def _open_partial(tmp: Path, env_args: dict, attrs: dict[str, str]) -> RobomimicWriter:
+    """The writer of `tmp`: the one an earlier call with these arguments left, or a new
+    file (with a note saying why an existing one is not continued)."""
+    if tmp.exists():
+        expected = {"env_args": json.dumps(env_args), **attrs}
+        try:
+            writer = RobomimicWriter.reopen(tmp)
+        except (KeyError, OSError, ValueError) as err:  # e.g. killed (SIGKILL) mid-write
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            print(f"[envs.lift] starting {tmp} over: it cannot be continued ({reason})")
+        else:
+            if all(writer.data.attrs.get(k) == v for k, v in expected.items()):
+                return writer
+            writer.file.close()
+            print(f"[envs.lift] starting {tmp} over: an earlier run made it with other "
+                  "arguments")
     writer = RobomimicWriter(tmp, env_args)
-    writer.data.attrs["preset"] = preset or "custom"
-    writer.data.attrs["operators"] = json.dumps([asdict(op) for op in ops])
-    done = False
-    attempts, lengths, recoveries = 0, [], 0
-    bar = tqdm(total=num_demos, desc="scripted lift demos", unit="demo", disable=not progress)
+    for key, value in attrs.items():
+        writer.data.attrs[key] = value
+    return writer
+
+
+def _write_demos(
+    writer: RobomimicWriter,
+    env: LiftEnv,
+    ops: Sequence[Operator],
+    num_demos: int,
+    seed: int,
+    max_steps: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Add scripted demos until the writer holds num_demos; counts and the success rate."""
+    rng = np.random.default_rng(seed)
+    state = writer.state or {"rng": rng.bit_generator.state, "attempts": 0, "recoveries": 0}
+    rng.bit_generator.state = state["rng"]
+    attempts, recoveries = int(state["attempts"]), int(state["recoveries"])
+    bar = tqdm(
+        total=num_demos,
+        initial=writer.num_demos,
+        desc="scripted lift demos",
+        unit="demo",
+        disable=not progress,
+    )
     try:
         while writer.num_demos < num_demos:
             # Operators take turns, as robomimic's mh operators each give an equal share.
@@ -269,27 +413,42 @@ def generate(
             if demo is None:
                 continue
             demo["attrs"]["operator"] = op.name
-            writer.add_demo(**demo, group=operator_masks(op, ops))
-            lengths.append(len(demo["actions"]))
-            recoveries += demo["attrs"]["recoveries"]
+            recoveries += int(demo["attrs"]["recoveries"])
+            # Recorded with the demo: a continued file draws on from this rng state.
+            state = {"rng": rng.bit_generator.state, "attempts": attempts,
+                     "recoveries": recoveries}
+            writer.add_demo(**demo, group=operator_masks(op, ops), state=state)
             bar.update(1)
             bar.set_postfix(success=f"{writer.num_demos / attempts:.2f}")
-        done = True
     finally:
         bar.close()
-        env.close()
-        writer.close(seed=seed)
-        if done:
-            tmp.replace(output)
-        else:
-            tmp.unlink(missing_ok=True)
     return {
         "demos": float(num_demos),
         "attempts": float(attempts),
         "success_rate": num_demos / attempts,
-        "mean_length": float(np.mean(lengths)),
+        "mean_length": writer.total / writer.num_demos,
         "recoveries": float(recoveries),
     }
+
+
+def _keep_partial(
+    writer: RobomimicWriter | None, tmp: Path, output: Path, num_demos: int
+) -> str:
+    """Close the partial file as a stop left it; says what is kept (StopRequested.kept)."""
+    if writer is None:  # stopped before the file was open, or after it was finished
+        if output.exists():
+            return f"all {num_demos} demos are in {output}"
+        if tmp.exists():
+            return f"{tmp} is left as it was; the next run continues from its complete demos"
+        return "no demo had been written; the next run starts over"
+    try:
+        kept = writer.suspend()
+    except KeyError:  # stopped inside close(), after its progress record went
+        kept = 0
+    if kept == 0:
+        tmp.unlink(missing_ok=True)
+        return f"no complete demo to keep; the next run starts the {num_demos} demos over"
+    return f"{kept} of {num_demos} demos kept in {tmp}; the next run continues from them"
 
 
 def measure(
@@ -385,6 +544,9 @@ def render(
                             del g[f"{prefix}/{key}"]
                         write_obs(g, f"{prefix}/{key}", arr)
         tmp.replace(output_path)
+    except (StopRequested, KeyboardInterrupt) as stop:
+        kept = f"{output_path} was not written; the next run renders every demo again"
+        raise StopRequested.keeping(stop, kept) from None
     finally:
         env.close()
         tmp.unlink(missing_ok=True)
@@ -428,6 +590,21 @@ def main(argv: list[str] | None = None) -> None:
     mea.add_argument("--seed", type=int, default=0)
     mea.add_argument("--max_steps", type=int, default=300)
     args = parser.parse_args(argv)
+    if args.command == "generate" and args.preset is not None and args.operators is not None:
+        parser.error("--operators and --preset both choose the operators; pass one")
+    try:
+        with StopRaises():
+            run_command(args)
+    except (StopRequested, KeyboardInterrupt) as stop:
+        # One line, not a traceback: what was kept is all a stopped user needs to know.
+        said = f"stopped by {signal_of(stop)} while running {args.command}"
+        kept = getattr(stop, "kept", None)
+        print(said + (f": {kept}" if kept else ""), file=sys.stderr)
+        raise SystemExit(EXIT_STOPPED) from None
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """What main() parsed: generate | render | measure."""
     if args.command == "measure":
         results = measure(PRESETS[args.preset].operators, args.episodes, args.seed, args.max_steps)
         for name, r in results.items():
@@ -439,8 +616,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     settings = RenderSettings.robomimic() if args.robomimic_render else RenderSettings()
     if args.command == "generate":
-        if args.preset is not None and args.operators is not None:
-            parser.error("--operators and --preset both choose the operators; pass one")
         num_demos = args.num_demos
         if num_demos is None and args.preset is None:
             num_demos = 100

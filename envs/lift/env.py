@@ -457,8 +457,21 @@ class LiftEnv:
 
     def close(self) -> None:
         """Release the sim and the render context."""
+        contexts = [
+            getattr(self.env.sim, "_render_context_offscreen", None),
+            self.env.__dict__.get("_spare_render_context"),
+        ]
         self.env.keep_render_context = False  # robosuite's own close() (reset_from_xml) keeps it
         self.env.close()
+        # Freed now, not by the context's __del__: a context that something still holds (a
+        # traceback's frames after a Ctrl-C inside a render) is otherwise freed at exit,
+        # after robosuite's atexit eglTerminate, with two EGLError tracebacks. Freeing twice
+        # is harmless (both calls reset what they free).
+        for context in contexts:
+            if context is not None:
+                context.con.free()
+                if hasattr(context.gl_ctx, "free"):  # osmesa's context has no free()
+                    context.gl_ctx.free()
 
 
 def benchmark(frames: int = 200) -> dict[str, float]:

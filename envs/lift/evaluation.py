@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +30,7 @@ import torch
 from envs.lift.dataset import LiftSpec, process_obs
 from envs.lift.env import evaluation_seeds
 from training.contracts import EvalResult
+from training.guards import StopRequested
 
 
 class ChunkPolicy(Protocol):
@@ -85,6 +89,7 @@ def _worker(conn, env_args: dict, horizon: int) -> None:
     """Worker process loop: ("reset", seed, record) | ("step", actions) | ("close",)."""
     import torch as _torch
 
+    _leave_process_group()
     _torch.set_num_threads(1)
     runner = EpisodeRunner(env_args, horizon)
     try:
@@ -101,6 +106,22 @@ def _worker(conn, env_args: dict, horizon: int) -> None:
     finally:
         runner.close()
         conn.close()
+
+
+def _leave_process_group() -> None:
+    """Put this worker in a process group of its own, out of reach of the signals sent to
+    its parent's: Ctrl-C (the terminal's SIGINT to the foreground group) and a scheduler's
+    or `timeout`'s SIGTERM to the group. The parent decides: it finishes the evaluation
+    (a stop the training loop polls for) or ends the worker (silently: SIGKILL, or SIGTERM
+    from close()), instead of a worker dying under a parent that is waiting on its reply,
+    or printing a KeyboardInterrupt traceback."""
+    os.setpgid(0, 0)
+    # _start_quietly started this process with both blocked; a signal that reached the old
+    # group meanwhile is pending: ignoring it discards it, before both are unblocked.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _LocalRunner:
@@ -173,6 +194,7 @@ class LiftEvaluator:
         self.conns: list = []
         self.procs: list = []
         self.runs = 0
+        self.episodes_ended = 0  # in the run in progress (what a stop reports)
 
     def _start(self) -> None:
         if self.conns:
@@ -189,7 +211,7 @@ class LiftEvaluator:
             proc = ctx.Process(
                 target=_worker, args=(child, self.env_args, self.horizon), daemon=True
             )
-            proc.start()
+            _start_quietly(proc)
             child.close()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -214,8 +236,22 @@ class LiftEvaluator:
         return torch.cat(chunks).numpy()
 
     def run(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
-        """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots."""
-        self._start()
+        """Roll the agent out for num_episodes seeded episodes; metrics, video path, plots.
+
+        A stop (StopRequested, KeyboardInterrupt) ends the workers at once and raises
+        StopRequested: the evaluation in progress is dropped.
+        """
+        self.episodes_ended = 0
+        try:
+            self._start()
+            return self._rollouts(agent, num_episodes)
+        except (StopRequested, KeyboardInterrupt) as stop:
+            self._end_workers()
+            kept = (f"the evaluation in progress is dropped ({self.episodes_ended} of "
+                    f"{num_episodes} episodes had ended)")
+            raise StopRequested.keeping(stop, kept) from None
+
+    def _rollouts(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
         t0 = time.perf_counter()
         seeds = evaluation_seeds(num_episodes)
         record_first = self.video_dir is not None
@@ -255,6 +291,7 @@ class LiftEvaluator:
                     "cube_half_size": info["cube_half_size"],
                 }
                 steps += info["length"]
+                self.episodes_ended += 1
                 if "frames" in info:
                     video = self._write_video(info["frames"])
                 del active[w]
@@ -284,6 +321,21 @@ class LiftEvaluator:
         imageio.mimsave(path, frames, fps=20, macro_block_size=1)
         return path
 
+    def _end_workers(self) -> None:
+        """End the workers now, mid-episode: they hold nothing worth keeping, one that is
+        sending a reply would not read a close message, and SIGKILL ends one that is still
+        starting (signals blocked) as well; the kernel frees what it held."""
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.join()
+        for conn in self.conns:
+            if self.procs:
+                conn.close()
+            else:  # the in-process runner: close its env and render context
+                conn.send(("close",))
+        self.conns, self.procs = [], []
+
     def close(self) -> None:
         """Stop the workers."""
         for conn in self.conns:
@@ -296,6 +348,21 @@ class LiftEvaluator:
             if proc.is_alive():
                 proc.terminate()
         self.conns, self.procs = [], []
+
+
+def _start_quietly(proc: mp.process.BaseProcess) -> None:
+    """Start a worker with SIGINT and SIGTERM blocked, here and in the worker (a spawned
+    process inherits the mask): a signal that arrives meanwhile is taken by the parent once
+    the worker has started, instead of cutting the start short (a traceback from the
+    half-started child), and none reaches the worker before _leave_process_group."""
+    # Started first: a spawn starts multiprocessing's resource tracker on first use, and
+    # starting it unblocks SIGINT and SIGTERM (SIG_UNBLOCK, not the mask it found).
+    resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 # What the task table names: the evaluator is built from the data's spec and the run.
