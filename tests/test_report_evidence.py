@@ -77,6 +77,20 @@ def test_a_cut_last_line_is_named_and_its_run_is_not_scored_at_an_earlier_step(t
             ) in table
 
 
+def test_a_cut_line_that_held_the_only_evaluation_is_shown_not_dropped(tmp_path):
+    """PPO evaluates once, at the end: cut that line and the run has no value at all. It is
+    named as cut, in the runs column too, not as a run that never logged the metric."""
+    root = fake_study(tmp_path / "s", {"a": [1.0, 2.0, 3.0]})
+    metrics = root / "mode=a/seed=2" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text(lines[0].replace("eval/return", "charts/return") + "\n" + lines[-1][:-8])
+    report_mod.main([str(root), *REPS])
+    table = table_of(root)
+    assert "| mode=a | 2/3 + 1 cut short |" in table
+    assert ("- mode=a/seed=2: metrics.jsonl line 2 unreadable (cut); no eval/return in its "
+            "readable records (the unreadable line may have held it); not counted") in table
+
+
 def test_a_cut_line_after_the_final_value_counts_the_run_and_names_the_line(tmp_path):
     """train_bc's final value is in final_metrics.json, at the run's final step
     (outcome.json): a cut metrics line does not change the score, but it is said."""

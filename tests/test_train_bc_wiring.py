@@ -10,10 +10,13 @@ import torch
 import agents
 import train_bc
 from envs import bc_tasks
+from tests import toy_bc
 from tests.toy_bc import ToyAgent, ToyConfig
 from training.checkpoint import load_checkpoint
+from training.cli import run_main
+from training.guards import StopRequested
 from training.ranges import ConfigError
-from training.run_outcome import EXIT_STOPPED
+from training.run_outcome import EXIT_STOPPED, read_outcome
 
 
 @pytest.fixture(autouse=True)
@@ -222,3 +225,73 @@ def test_a_crashing_evaluation_costs_no_trained_weights(tmp_path, monkeypatch):
     assert "\n" not in message and "evaluation at step 6 failed (RuntimeError: EGL" in message
     assert f"saved in {out / 'checkpoints' / 'last.pt'} (step 6)" in message
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 6
+
+
+# ----- a stop outside the training loop ------------------------------------------------------
+
+
+def stop_in(monkeypatch, target, name: str, kept: str | None = None) -> None:
+    """`target.name` raises StopRequested, as a SIGTERM does while that phase runs."""
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGTERM", kept)
+    monkeypatch.setattr(target, name, stopped)
+
+
+def run_cli(tmp_path, capsys, *extra) -> tuple[int, str]:
+    """train_bc as its command line runs it: exit status and the last line of stderr."""
+    capsys.readouterr()
+    args = ["--env_name=toy-task", "--device=cpu", "--wandb.mode=disabled", "--eval_interval=0",
+            *extra]
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: train_bc.main(args))
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return exit_.value.code, err.splitlines()[-1]
+
+
+def test_a_stop_while_the_data_is_made_says_what_was_kept(tmp_path, monkeypatch, capsys):
+    """Before the run directory exists (the default dataset being generated): one line from
+    the phase, exit 75, nothing written."""
+    out = tmp_path / "run"
+    stop_in(monkeypatch, toy_bc, "make_data", "8 of 100 demos kept in X.partial; the next run "
+                                               "continues from them")
+    code, line = run_cli(tmp_path, capsys, f"--output_dir={out}")
+    assert code == EXIT_STOPPED
+    assert line == ("SIGTERM before the first checkpoint: 8 of 100 demos kept in X.partial; the "
+                    "next run continues from them; rerun the same command to go on")
+    assert not out.exists()
+
+
+def test_a_stop_before_the_first_checkpoint_removes_the_settings_only_run(tmp_path, monkeypatch,
+                                                                         capsys):
+    """After the run directory was written (the feature cache being built): it held only the
+    run's settings, so it goes, and the same command starts again."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_in(patch, ToyAgent, "prepare", "the frozen-feature cache is built again")
+        code, line = run_cli(tmp_path, capsys, f"--output_dir={out}")
+    assert code == EXIT_STOPPED
+    assert line.startswith("SIGTERM before the first checkpoint: the frozen-feature cache is "
+                           "built again; rerun the same command to go on (")
+    assert not out.exists()
+    run(tmp_path, "--offline_steps=2", f"--output_dir={out}")  # the same command: a new run
+    assert read_outcome(out).status == "finished"
+
+
+def test_a_stop_in_the_final_evaluation_keeps_the_weights_and_resumes(tmp_path, monkeypatch,
+                                                                      capsys):
+    """Outside the loop with a checkpoint (a resumed run's evaluation): outcome stopped at the
+    saved step, and the printed command finishes it."""
+    out = tmp_path / "run"
+    run(tmp_path, "--offline_steps=2", f"--output_dir={out}")
+    with monkeypatch.context() as patch:
+        stop_in(patch, toy_bc.ToyEvaluator, "run")
+        code, line = run_cli(tmp_path, capsys, f"--output_dir={out}", "--resume=True",
+                             "--eval_episodes=1")
+    assert code == EXIT_STOPPED
+    assert line == (f"SIGTERM outside the training loop; the weights of step 2 are in "
+                    f"{out / 'checkpoints' / 'last.pt'}; continue with --output_dir={out} "
+                    f"--resume=True")
+    assert (read_outcome(out).status, read_outcome(out).step) == ("stopped", 2)
+    train_bc.main([f"--output_dir={out}", "--resume=True"])
+    assert read_outcome(out).status == "finished"

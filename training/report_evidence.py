@@ -165,7 +165,10 @@ def budgets(runs: list[RunResult], metric: str) -> dict[str, int]:
 def assess(runs: list[RunResult], metric: str, higher_is_better: bool = True,
            diverged: Diverged = "floor") -> Evidence:
     """The verdict on each finished run that has the metric (the module's docstring)."""
-    measured = [r for r in runs if r.status == "finished" and metric in r.final]
+    # A finished run without the metric but with a cut line may have lost it in that line:
+    # it is shown ("+ 1 cut short"), not silently left out.
+    measured = [r for r in runs
+                if r.status == "finished" and (metric in r.final or r.unreadable)]
     budget = budgets(measured, metric)
     kinds = {r.name: kind_of(r, metric, budget.get(r.label)) for r in measured}
     at_budget = [r.final[metric] for r in measured if kinds[r.name] == ""]
@@ -178,6 +181,8 @@ def assess(runs: list[RunResult], metric: str, higher_is_better: bool = True,
 
 def kind_of(run: RunResult, metric: str, budget: int | None) -> str:
     """"diverged", "short", "cut short", or "" for a value at the budget."""
+    if metric not in run.final:  # assess takes such a run only when a line is unreadable
+        return "cut short"
     if not math.isfinite(run.final[metric]):
         return "diverged"
     step = run.steps.get(metric)
@@ -207,6 +212,10 @@ def verdict(run: RunResult, metric: str, kind: str, budget: int | None, floor: f
                else "no run scored a finite value to floor it at")
         notes.append(f"{metric} = {value}{at} (diverged); left out: {why}")
         return Verdict(None, ["diverged"], notes)
+    if metric not in run.final:
+        notes.append(f"no {metric} in its readable records (the unreadable line may have "
+                     f"held it); not counted")
+        return Verdict(None, [kind], notes)
     if kind:
         notes.append(f"last {metric}{at}, {budget} in its configuration's longest run (short "
                      f"of the budget); not counted")

@@ -463,21 +463,22 @@ class Run:
             return error
         signal_name = signal_of(error)
         kept = error.kept if isinstance(error, StopRequested) else None
-        said = f"{signal_name} before the training loop ended" + (f": {kept}" if kept else "")
+        kept = f": {kept}" if kept else ""
         if not self.is_main:
             return RunStopped("")
         if self._saved_step is not None:
             write_outcome(self.dir, "stopped", self._saved_step, signal_name)
-            return RunStopped(f"{said}; the weights of step {self._saved_step} are in "
-                              f"{self.ckpt_path}; continue with {self.resume_hint()}")
+            return RunStopped(f"{signal_name} outside the training loop{kept}; the weights of "
+                              f"step {self._saved_step} are in {self.ckpt_path}; continue "
+                              f"with {self.resume_hint()}")
+        removed = ""
         if self._made_dir:  # it holds nothing but its settings: the same command starts over
             self.close_logger()
             shutil.rmtree(self.dir, ignore_errors=True)
             self._made_dir = False
-            return RunStopped(f"{said}; no checkpoint had been written, so {self.dir} was "
-                              f"removed; rerun the same command to start again")
-        return RunStopped(f"{said}; no checkpoint had been written; rerun the same command "
-                          f"to start again")
+            removed = f" ({self.dir}, which held only the run's settings, was removed)"
+        return RunStopped(f"{signal_name} before the first checkpoint{kept}; rerun the same "
+                          f"command to go on{removed}")
 
     def close_logger(self) -> None:
         if self.logger is not None:
