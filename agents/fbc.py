@@ -39,6 +39,13 @@ says why, and where it departs from AveragedModel's defaults). It sits beside th
 network, not inside the agent's module tree, so that DDP, which broadcasts the buffers of
 what it wraps before every forward, does not send its copies of the weights each step;
 it is in the agent's state dict all the same (FBCAgent.state_dict).
+
+In a bf16 run (training/precision.py) the networks run under bf16 autocast and the
+weights, gradients and EMA stay fp32, as do the parts whose rounding would add up: the
+flow-matching loss (an fp32 MSE), the Euler integration of sampling (an fp32 state x, the
+velocity net's bf16 output cast up before each step) and the EMA update. The frozen-part
+cache is stored in the dtype the frozen part computes in, bf16 in a bf16 run: what the live
+path hands the trainable part, at half the memory (FBCAgent.frozen_features says why).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from encoders import Arch, EncoderConfig, ResNetEncoder
 from training.diagnostics import frozen_parameter_names, grad_norms
 from training.guards import StopRequested
 from training.optim import build_optimizer
+from training.precision import fp32_region
 from training.ranges import ConfigError, at_least, at_least_finite, positive, unit_interval
 
 FBC_ENCODER = EncoderConfig(freeze_mode="all")
@@ -237,6 +245,14 @@ class CropGrid:
         return images[:, :, top : top + self.size, left : left + self.size]
 
 
+def frozen_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the frozen part computes in here and now: autocast's (bf16) inside an
+    autocast region on `device`, else that of the weights, fp32 in every run."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """A B x C x H x W tensor laid out channels-last (and not also plainly contiguous)."""
     return (
@@ -395,17 +411,22 @@ class FlowPolicy(nn.Module):
         return self.sample(emb)
 
     def sample(self, emb: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Euler-integrate the velocity field from noise, conditioned on emb."""
+        """Euler-integrate the velocity field from noise, conditioned on emb.
+
+        The state x and its step sums are fp32 whatever the velocity net runs in: under bf16
+        autocast the net's output is cast up before each step, so that flow_steps roundings
+        of x to bf16's 8-bit mantissa do not add up along the path.
+        """
         b = emb.shape[0]
         x = (
-            noise
+            noise.float()
             if noise is not None
             else torch.randn(b, self.chunk_length * self.action_dim, device=emb.device)
         )
         dt = 1.0 / self.flow_steps
         for i in range(self.flow_steps):
             t = torch.full((b, 1), i * dt, device=emb.device)
-            x = x + dt * self.velocity(x, t, emb)
+            x = x + dt * self.velocity(x, t, emb).float()
         return x.view(b, self.chunk_length, self.action_dim).clamp(-1.0, 1.0)
 
     def flow_loss(
@@ -416,12 +437,19 @@ class FlowPolicy(nn.Module):
         t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean squared error of the velocity against x1 - x0 on the straight path; noise
-        x0 (B x D) and times t (B x 1) are drawn unless given."""
-        x1 = actions.flatten(1)
-        x0 = torch.randn_like(x1) if x0 is None else x0
-        t = torch.rand(x1.shape[0], 1, device=x1.device) if t is None else t
+        x0 (B x D) and times t (B x 1) are drawn unless given.
+
+        The path, the target and the MSE are fp32; only the velocity net follows autocast.
+        Inputs that come in bf16 are cast up, and the mean of the squared errors is taken
+        with autocast off, whatever an autocast policy would choose for mse_loss.
+        """
+        x1 = actions.flatten(1).float()
+        x0 = torch.randn_like(x1) if x0 is None else x0.float()
+        t = torch.rand(x1.shape[0], 1, device=x1.device) if t is None else t.float()
         xt = (1.0 - t) * x0 + t * x1
-        return F.mse_loss(self.velocity(xt, t, emb), x1 - x0)
+        velocity = self.velocity(xt, t, emb).float()
+        with fp32_region(x1.device):
+            return F.mse_loss(velocity, x1 - x0)
 
 
 def warmed_up_ema(decay: float):
@@ -508,15 +536,22 @@ class EMAPolicy(AveragedModel):
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        """One EMA step towards `model`: its trainable parameters and its buffers."""
+        """One EMA step towards `model`: its trainable parameters and its buffers.
+
+        Both are fp32 in a bf16 run too (autocast casts activations, never weights), and the
+        step runs with autocast off, so an update called inside an autocast region (a loop
+        that wraps its whole step) averages in fp32 all the same.
+        """
         mine = dict(self.module.named_buffers())
         live = dict(model.named_parameters())
         live.update(model.named_buffers())
-        for floating in (True, False):
-            names = [n for n in self.averaged if mine[n].is_floating_point() == floating]
-            self.multi_avg_fn(
-                [mine[n] for n in names], [live[n].detach() for n in names], self._count
-            )
+        device = next(iter(mine.values())).device
+        with fp32_region(device):
+            for floating in (True, False):
+                names = [n for n in self.averaged if mine[n].is_floating_point() == floating]
+                self.multi_avg_fn(
+                    [mine[n] for n in names], [live[n].detach() for n in names], self._count
+                )
         self.n_averaged += 1
         self._count += 1
 
@@ -674,10 +709,15 @@ class FBCAgent(nn.Module):
         }
 
     def _cached(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The batch's cached frozen parts, in the dtype the live frozen part would give now."""
         keys = self.policy.encoder.image_keys
-        if all(f"features/{k}" in batch for k in keys):
-            return {k: batch[f"features/{k}"] for k in keys}
-        return None
+        if not all(f"features/{k}" in batch for k in keys):
+            return None
+        cached = {k: batch[f"features/{k}"] for k in keys}
+        # A cache read in the precision it was built in (what train_bc does) is passed as it
+        # is. One read in another (a bf16 cache in an fp32 forward: a conv would refuse its
+        # bf16 input) is cast to what the live path would hand the trainable part.
+        return {k: v.to(frozen_dtype(v.device)) for k, v in cached.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Flow-matching loss of a batch of observation / action-chunk pairs."""
@@ -818,7 +858,15 @@ class FBCAgent(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Every frame's frozen-part output per camera, batched on the device, in data order:
         N x ... (eval mode: the centre crop, with crops on), or N x K x ... for the crops of
-        `grid`."""
+        `grid`.
+
+        Stored in the dtype the frozen part computes in: bf16 when built under bf16 autocast
+        (train_bc builds it in the run's precision). That is exactly what the live frozen
+        part hands the trainable part in a bf16 run (its last op already rounds to bf16),
+        so fp32 storage would hold the same values in twice the memory. bf16 halves a cache
+        that is the run's largest tensor with maps and crops (Lift, until_layer3, 9 crops of
+        two cameras: 450 KiB a frame in fp32, 225 KiB in bf16).
+        """
         enc = self.policy.encoder
         was_training = self.training
         self.eval()
