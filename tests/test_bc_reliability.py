@@ -489,17 +489,22 @@ BAD_LIFT_FILES = {
 }
 
 
+def run_whose_dataset_went_bad(finished: Path, dataset: Path, copy: Path) -> Path:
+    """A copy of a finished run whose config.json names `dataset`: the file it trained on,
+    gone bad since (a resume reads the dataset its config.json names)."""
+    shutil.copytree(finished, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["dataset"] = str(dataset)
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return copy
+
+
 @pytest.mark.parametrize("kind", list(BAD_LIFT_FILES))
 def test_bad_lift_dataset_is_one_line_and_touches_nothing(
     kind, lift_file, lift_run, tmp_path, monkeypatch, capsys
 ):
     path = bad_lift_file(kind, lift_file, tmp_path)
-    # A run whose dataset went bad since (a resume reads the dataset its config.json names).
-    run = tmp_path / "run"
-    shutil.copytree(lift_run, run)
-    config = json.loads((run / "config.json").read_text())
-    config["dataset"] = str(path)
-    (run / "config.json").write_text(json.dumps(config, indent=2))
+    run = run_whose_dataset_went_bad(lift_run, path, tmp_path / "run")
     before = snapshot(run)
     message = cli_error(monkeypatch, capsys, "--offline_steps=4", f"--output_dir={run}",
                         "--resume=True")
@@ -626,12 +631,7 @@ def test_bad_histories_files_are_one_line_and_touch_nothing(
         tmp_path / "missing.npz": "does not exist; make one with python -m envs.darkroom.histories",
     }
     for path, text in expected.items():
-        # A run whose histories went bad since: a resume reads what its config.json names.
-        run = tmp_path / f"run_{path.stem}"
-        shutil.copytree(ad_run, run)
-        config = json.loads((run / "config.json").read_text())
-        config["dataset"] = str(path)
-        (run / "config.json").write_text(json.dumps(config, indent=2))
+        run = run_whose_dataset_went_bad(ad_run, path, tmp_path / f"run_{path.stem}")
         before = snapshot(run)
         message = cli_error(monkeypatch, capsys, "--offline_steps=4", f"--output_dir={run}",
                             "--resume=True")

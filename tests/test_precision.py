@@ -12,6 +12,7 @@ from agents.fbc import FBCAgent
 from envs.lift.dataset import make_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
+from tests.test_ppo_reliability import TINY
 from training.distributed import LossForward
 from training.precision import (
     describe_precision,
@@ -84,10 +85,9 @@ def test_auto_precision_follows_the_devices_native_bf16(monkeypatch, device, cud
     assert line.startswith(f"precision: {resolved}") and "auto" in line
 
 
-PPO_TINY = ["--backbone.weights=random", "--ppo.num_envs=2", "--ppo.num_steps=4",
-            "--ppo.num_minibatches=2", "--ppo.update_epochs=1", "--env.image_size=16",
-            "--env.max_steps=6", "--eval_episodes=0", "--video=False", "--threads=1",
-            "--device=cpu", "--wandb.mode=disabled"]
+# test_ppo_reliability's tiny run, without its budget and evaluation.
+PPO_TINY = [*(f for f in TINY if not f.startswith(("--ppo.total_timesteps", "--eval_episodes"))),
+            "--eval_episodes=0", "--device=cpu"]
 
 
 def test_the_resolved_precision_is_recorded_and_a_resume_may_change_it(tmp_path, capsys):

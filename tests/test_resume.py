@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import train_ppo
+from tests.test_ppo_reliability import TINY
 from training.checkpoint import load_checkpoint
 from training.run_outcome import EXIT_STOPPED, read_outcome
 
@@ -63,10 +64,9 @@ def offline_env(tmp_path) -> dict[str, str]:
             "WANDB_MODE": "disabled"}
 
 
-PPO_RUN = ["--ppo.num_envs=2", "--ppo.num_steps=4", "--ppo.total_timesteps=48",
-           "--ppo.num_minibatches=2", "--ppo.update_epochs=1", "--env.image_size=16",
-           "--env.max_steps=6", "--eval_episodes=2", "--video=False", "--wandb.mode=disabled",
-           "--threads=1", "--save_interval=2"]
+# test_ppo_reliability's tiny run, with its own weights and budget.
+PPO_RUN = [*(f for f in TINY if not f.startswith(("--backbone.weights", "--ppo.total_timesteps"))),
+           "--ppo.total_timesteps=48", "--save_interval=2"]
 
 
 def test_the_ppo_resume_hint_works_exactly_as_printed(tmp_path, offline_env):

@@ -106,6 +106,22 @@ def signal_of(stop: BaseException) -> str:
     return stop.signal_name if isinstance(stop, StopRequested) else "SIGINT"
 
 
+def _install(handler) -> dict[int, object]:
+    """`handler` for SIGINT and SIGTERM; returns the handlers it replaced."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    return previous
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 class StopRaises:
     """Context manager: SIGINT / SIGTERM raise StopRequested where the program is.
 
@@ -121,16 +137,11 @@ class StopRaises:
         raise StopRequested(signal.Signals(signum).name)
 
     def __enter__(self) -> StopRaises:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+        self._previous = _install(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        _restore(self._previous)
 
 
 class StopOnSignal:
@@ -146,13 +157,8 @@ class StopOnSignal:
         self.requested = signal.Signals(signum).name
 
     def __enter__(self) -> StopOnSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+        self._previous = _install(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        _restore(self._previous)
