@@ -295,3 +295,18 @@ def test_a_stop_in_the_final_evaluation_keeps_the_weights_and_resumes(tmp_path, 
     assert (read_outcome(out).status, read_outcome(out).step) == ("stopped", 2)
     train_bc.main([f"--output_dir={out}", "--resume=True"])
     assert read_outcome(out).status == "finished"
+
+
+def test_a_stop_before_a_resumed_run_reads_its_checkpoint_keeps_it(tmp_path, monkeypatch,
+                                                                   capsys):
+    out = tmp_path / "run"
+    run(tmp_path, "--offline_steps=2", f"--output_dir={out}")
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    with monkeypatch.context() as patch:
+        stop_in(patch, toy_bc, "make_data")
+        code, line = run_cli(tmp_path, capsys, f"--output_dir={out}", "--resume=True",
+                             "--offline_steps=4")
+    assert code == EXIT_STOPPED
+    assert line == (f"SIGTERM before the run went on; {out / 'checkpoints' / 'last.pt'} is as "
+                    f"it was; continue with --output_dir={out} --resume=True")
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before

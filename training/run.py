@@ -471,6 +471,9 @@ class Run:
             return RunStopped(f"{signal_name} outside the training loop{kept}; the weights of "
                               f"step {self._saved_step} are in {self.ckpt_path}; continue "
                               f"with {self.resume_hint()}")
+        if self.settings.resume:  # stopped before its checkpoint was read: nothing changed
+            return RunStopped(f"{signal_name} before the run went on{kept}; {self.ckpt_path} "
+                              f"is as it was; continue with {self.resume_hint()}")
         removed = ""
         if self._made_dir:  # it holds nothing but its settings: the same command starts over
             self.close_logger()
