@@ -18,7 +18,9 @@ shorthands for its fields. What a frozen part computes from a given crop of a fr
 changes, so `prepare` computes it once for the whole dataset (batched, on the device) and
 training reads it from that cache: with freeze_mode=all (the default) the image features,
 and no ResNet runs in training; with until_layer3 / last_block the maps entering the
-trainable blocks, and only those blocks run.
+trainable blocks, and only those blocks run. When the data is a file, the cache is also
+kept on disk beside it and later runs load it instead of embedding every frame again
+(agents/fbc_feature_cache.py says where, keyed by what, and how to clear it).
 
 Random crops are on by default where the images are larger than `crop_size` (Lift's
 84x84 -> 76x76, robomimic's crop). Without a cache (freeze_mode=none) each training
@@ -55,6 +57,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -63,6 +66,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from agents import fbc_feature_cache as disk_cache
 from encoders import Arch, EncoderConfig, ResNetEncoder
 from training.diagnostics import frozen_parameter_names, grad_norms
 from training.guards import StopRequested
@@ -916,4 +920,48 @@ class FBCAgent(nn.Module):
         if not self.cfg.uses_feature_cache or not self.policy.encoder.image_keys:
             return data  # nothing frozen to run, or no camera to run it on
         grid = None if held_out else self.crop_grid
-        return CachedFeatureData(data, self.frozen_features(data, grid), grid)
+        key = self._feature_cache_key(data, grid)
+        if key is None:  # data that is no file: kept in memory only
+            return CachedFeatureData(data, self.frozen_features(data, grid), grid)
+        path = disk_cache.cache_path(Path(data.path), key)
+        cameras = self.policy.encoder.image_keys
+        features = disk_cache.load(path, key, self.device, cameras, data.num_samples)
+        if features is None:
+            features = self.frozen_features(data, grid)
+            disk_cache.save(path, key, features)
+        return CachedFeatureData(data, features, grid)
+
+    def _feature_cache_key(self, data: ImageFrames, grid: CropGrid | None) -> dict | None:
+        """Everything the cached values depend on (agents/fbc_feature_cache.py), or None for
+        data without a `path` (a file on disk) to key it by."""
+        path = getattr(data, "path", None)
+        if path is None:
+            return None
+        enc = self.policy.encoder
+        bodies = {}
+        for camera in enc.image_keys:
+            body = enc.body(camera)
+            state = body.state_dict()
+            frozen = [(n, state[n]) for n in body.frozen_state_names()]
+            # The config minus `weights`: the tensors say which weights, whatever named them.
+            config = {k: v for k, v in dataclasses.asdict(body.cfg).items() if k != "weights"}
+            bodies[camera] = {
+                "config": config,
+                "in_channels": body.in_channels,
+                "tensors": disk_cache.tensors_sha256(
+                    [*frozen, ("mean", body.mean), ("std", body.std)]
+                ),
+            }
+        spec = data.spec
+        return {
+            "dataset_sha256": disk_cache.file_sha256(Path(path)),
+            "filter_key": getattr(data, "filter_key", None),
+            "demos": list(getattr(data, "demos", [])),
+            "num_samples": data.num_samples,
+            "image_shape": [int(d) for d in spec.image_shape],
+            "bodies": bodies,
+            "grid": None if grid is None else dataclasses.asdict(grid),
+            "dtype": str(frozen_dtype(self.device)),
+            "device": self.device.type,
+            "torch": torch.__version__,
+        }
