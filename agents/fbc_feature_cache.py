@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from encoders.torch_files import save_tensors
+
 FORMAT = 1
 """Bumped when what a file holds changes, so that older files are no longer read."""
 
@@ -39,8 +41,11 @@ FORMAT = 1
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     # size and mtime are in the arguments only so that a file changed within one process is
     # hashed again; the training and held-out data of one file are hashed once.
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # in blocks (hashlib.file_digest needs Python 3.11)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -104,7 +109,8 @@ def save(path: Path, key: dict[str, Any], features: dict[str, torch.Tensor]) -> 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         # torch.save keeps each tensor's strides, so channels-last maps load channels-last.
-        torch.save({"key": key_text(key), "features": features}, tmp)
+        with open(tmp, "wb") as f:
+            save_tensors({"key": key_text(key), "features": features}, f)
         os.replace(tmp, path)
     except OSError as err:
         print(f"could not write the frozen-feature cache {path} ({err}); it is held in "

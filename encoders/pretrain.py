@@ -42,7 +42,7 @@ from tqdm import tqdm
 from encoders.config import Arch, EncoderConfig, InputAdapter
 from encoders.pretrain_data import PretrainData, RegressionSet, durotaxis_data, lift_data
 from encoders.resnet import _IMAGENET_MEAN, _IMAGENET_STD, ResNetEncoder
-from encoders.torch_files import write_failure
+from encoders.torch_files import save_tensors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,15 +300,12 @@ def save_body(path: Path, state: dict[str, torch.Tensor], record: dict) -> None:
     sidecar_partial = sidecar.with_name(sidecar.name + ".partial")
     try:
         with open(partial, "wb") as f:
-            torch.save(state, f)  # to a file object: a full disk's OSError stays in the chain
+            save_tensors(state, f)
         sidecar_partial.write_text(json.dumps(record, indent=2) + "\n")
         partial.replace(path)
         sidecar_partial.replace(sidecar)
-    except (OSError, RuntimeError) as err:
-        cause = err if isinstance(err, OSError) else write_failure(err)
-        if cause is None:
-            raise
-        raise ValueError(f"could not write {path}: {cause.strerror or cause}; nothing was "
+    except OSError as err:
+        raise ValueError(f"could not write {path}: {err.strerror or err}; nothing was "
                          f"written (the trained body is lost: free space and run again)"
                          ) from None
     finally:

@@ -18,7 +18,7 @@ import pickletools
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 
@@ -56,6 +56,20 @@ def refusal(path: Path, err: Exception) -> str:
     if kind == "not_torch_file":
         return f"refusing to load {path}: it is not a torch checkpoint (unreadable: {reason})"
     return f"refusing to load {path}: it is damaged or truncated ({reason})"
+
+
+def save_tensors(payload: Any, f: BinaryIO) -> None:
+    """torch.save to an open file, whose write failures come out as the OSError they are: a
+    full disk otherwise surfaces as torch's RuntimeError, which callers handling OSError
+    (one line, nothing partial left) would miss. A file object, not a path: writing to a
+    path, torch's writer does not leave the OSError in the chain."""
+    try:
+        torch.save(payload, f)
+    except RuntimeError as err:
+        cause = write_failure(err)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror, getattr(f, "name", None)) from err
 
 
 def write_failure(err: RuntimeError) -> OSError | None:

@@ -21,6 +21,7 @@ from agents import fbc_feature_cache
 from agents.fbc import FBCAgent
 from tests.test_fbc import CAMS, CPU, small_spec
 from tests.test_fbc_crop_cache import SIDE, TinyFrames, crop_cfg
+from tests.test_tool_faults import fill, small_fs
 from training.guards import StopRequested
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,8 +145,8 @@ def test_a_stop_during_the_build_leaves_no_file(tmp_path):
 def test_a_stop_during_the_write_leaves_no_file(tmp_path, monkeypatch):
     data = FileFrames(tmp_path / "lift.hdf5")
 
-    def half_written(obj, path):
-        Path(path).write_bytes(b"half a cache")
+    def half_written(obj, f):
+        f.write(b"half a cache")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fbc_feature_cache.torch, "save", half_written)
@@ -159,3 +160,18 @@ def test_data_without_a_file_is_cached_in_memory_only(tmp_path, monkeypatch):
     data = TinyFrames(n=4)
     assert agent_for(data).prepare(data).features
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_keeps_the_cache_in_memory_and_leaves_no_file(tmp_path, capsys):
+    """A real full disk (a tmpfs): torch's writer raises a RuntimeError there, which is
+    taken for the OSError it is: one note, no partial file, the run goes on."""
+    with small_fs(tmp_path / "disk", "1m") as disk:
+        data = FileFrames(disk / "lift.hdf5")
+        fill(disk / "filler", leave=4096)
+        prepared = agent_for(data).prepare(data)
+        assert prepared.features
+        assert caches(disk) == [] and sorted(p.name for p in disk.iterdir()) == [
+            "filler", "lift.hdf5"]
+    out = capsys.readouterr().out
+    assert "could not write the frozen-feature cache" in out
+    assert "No space left on device" in out and "it is held in memory only" in out

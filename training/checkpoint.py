@@ -13,13 +13,13 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from encoders.torch_files import load_tensors, write_failure
+from encoders.torch_files import load_tensors, save_tensors
 from training.diagnostics import frozen_parameter_names
 
 
@@ -92,25 +92,13 @@ def save_checkpoint(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            _write(payload, f, tmp)
+            save_tensors(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _write(payload: dict[str, Any], f: BinaryIO, tmp: Path) -> None:
-    """torch.save, whose write failures come out as the OSError they are (a full disk
-    otherwise surfaces as torch's RuntimeError, which callers handling OSError miss)."""
-    try:
-        torch.save(payload, f)
-    except RuntimeError as err:
-        cause = write_failure(err)
-        if cause is None:
-            raise
-        raise OSError(cause.errno, cause.strerror, str(tmp)) from err
 
 
 def _remove_stale_temp_files(path: Path) -> None:
