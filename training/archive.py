@@ -36,6 +36,7 @@ from typing import Any
 
 import tyro
 
+from training.checkpoint import process_alive
 from training.cli import parse_config, run_main
 from training.report import load_runs
 from training.run_outcome import OUTCOME
@@ -187,26 +188,13 @@ def _remove_stale_builds(out: Path) -> None:
         prefix = f".{out.name}.{kind}-"
         for path in out.parent.iterdir():
             pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or process_alive(int(pid)):
                 continue
             if kind == "old" and not out.exists():
                 with contextlib.suppress(OSError):  # kept aside, not lost: tried again later
                     os.replace(path, out)
             else:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (this one counts as running)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -110,14 +110,22 @@ def _remove_stale_temp_files(path: Path) -> None:
     prefix = f".{path.name}.tmp-"
     for tmp in path.parent.iterdir():
         pid = tmp.name[len(prefix) :] if tmp.name.startswith(prefix) else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this one counts as running): a writer's
+    temporary file or directory is left alone while it does."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

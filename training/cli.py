@@ -136,6 +136,18 @@ def one_line(tyro_message: str) -> str:
     return f"{text} (see --help)"
 
 
+def flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value `args` give `flag` (`--flag=V` or `--flag V`; the last one), or None; the
+    args are left as they are (pop_flag takes the flag out)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{flag}="):
+            value = arg.partition("=")[2]
+        elif arg == flag and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+    return value
+
+
 def pop_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
     """Take `--flag VALUE` or `--flag=VALUE` out of args (not `--flag.sub`); last one wins.
 

@@ -69,7 +69,7 @@ def unit_map_hazard(image_size: int, trains_last_stage: bool) -> str | None:
 def describe_precision(asked: PrecisionChoice, resolved: Precision, device: torch.device,
                        bf16_hazard: str | None = None) -> str:
     """The line a run prints at start: what it runs at and why."""
-    if bf16_hazard is not None:
+    if bf16_hazard is not None and asked == "auto":
         return f"precision: fp32 (auto: {bf16_hazard})"
     if asked != "auto":
         note = "" if resolved == "fp32" or native_bf16(device) else (

@@ -15,27 +15,17 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from training.cli import flag_value
 from training.settings import LEGACY_FLAGS
 
 T = TypeVar("T")
 
 
-def _flag_value(args: list[str], flag: str) -> str | None:
-    """The value given to `--flag` (`--flag=V` or `--flag V`; the last one), or None."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg.startswith(f"{flag}="):
-            value = arg.partition("=")[2]
-        elif arg == flag and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]
-    return value
-
-
 def resumed_run_dir(args: list[str]) -> Path | None:
     """The run directory that `args` resume (`--resume=True --output_dir=X`), else None."""
-    if _flag_value(args, "--resume") != "True":
+    if flag_value(args, "--resume") != "True":
         return None
-    output_dir = _flag_value(args, "--output_dir")
+    output_dir = flag_value(args, "--output_dir")
     if output_dir is None:
         raise ValueError("--resume=True needs --output_dir=RUN_DIR, the run to continue")
     return Path(output_dir).expanduser()

@@ -59,9 +59,8 @@ def parsed(parse: EntryParser, flags: Sequence[str], what: str) -> Any:
     """`parse(flags)`, or one line naming `what` was being parsed and the entry's complaint."""
     try:
         return parse(list(flags))
-    except (ConfigError, ValueError) as err:
-        raise ValueError(f"{what}: {err}; nothing was started or written") from None
-    except SystemExit as err:  # an entry's own exit on a bad choice (e.g. a flag missing its value)
+    # SystemExit: an entry's own exit on a bad choice (e.g. a flag missing its value).
+    except (ConfigError, ValueError, SystemExit) as err:
         raise ValueError(f"{what}: {err}; nothing was started or written") from None
 
 

@@ -63,7 +63,7 @@ from urllib.parse import quote
 
 import tyro
 
-from training.cli import parse_config, run_main
+from training.cli import flag_value, parse_config, run_main
 from training.machine import usable_cores
 from training.run_outcome import EXIT_STOPPED, read_outcome, run_finished
 from training.study_flags import (
@@ -365,20 +365,9 @@ def run_env(threads: int, gpu: str | None) -> dict[str, str]:
 # ----- the local launcher ---------------------------------------------------------------------
 
 
-def fixed_value(fixed: Sequence[str], name: str) -> str | None:
-    """The value the fixed flags give --name (`--name=V` or `--name V`; the last one)."""
-    value = None
-    for i, arg in enumerate(fixed):
-        if arg.startswith(f"--{name}="):
-            value = arg.partition("=")[2]
-        elif arg == f"--{name}" and i + 1 < len(fixed):
-            value = fixed[i + 1]
-    return value
-
-
 def visible_gpus(fixed: Sequence[str]) -> list[str]:
     """The GPU ids runs may be pinned to; none when the runs are told --device=cpu."""
-    if fixed_value(fixed, "device") == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+    if flag_value(fixed, "--device") == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         return []
     import torch  # only here: the sweep itself needs no torch
 
