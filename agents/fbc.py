@@ -58,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -310,6 +310,16 @@ class ImageFrames(Protocol):
     def sample_indices(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
 
     def batch(self, indices: torch.Tensor, images: bool = True) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class FramesOnDisk(ImageFrames, Protocol):
+    """Frames read from a file (envs.lift.dataset.LiftData): their frozen-feature cache is
+    kept on disk beside it, keyed by the file and which of its frames these are."""
+
+    path: str
+    filter_key: str | None
+    demos: list[str]
 
 
 class ObsEncoder(nn.Module):
@@ -933,10 +943,10 @@ class FBCAgent(nn.Module):
 
     def _feature_cache_key(self, data: ImageFrames, grid: CropGrid | None) -> dict | None:
         """Everything the cached values depend on (agents/fbc_feature_cache.py), or None for
-        data without a `path` (a file on disk) to key it by."""
-        path = getattr(data, "path", None)
-        if path is None:
+        data that is not read from a file (FramesOnDisk) to key it by."""
+        if not isinstance(data, FramesOnDisk):
             return None
+        path = data.path
         enc = self.policy.encoder
         bodies = {}
         for camera in enc.image_keys:
@@ -955,8 +965,8 @@ class FBCAgent(nn.Module):
         spec = data.spec
         return {
             "dataset_sha256": disk_cache.file_sha256(Path(path)),
-            "filter_key": getattr(data, "filter_key", None),
-            "demos": list(getattr(data, "demos", [])),
+            "filter_key": data.filter_key,
+            "demos": list(data.demos),
             "num_samples": data.num_samples,
             "image_shape": [int(d) for d in spec.image_shape],
             "bodies": bodies,

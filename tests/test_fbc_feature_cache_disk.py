@@ -28,13 +28,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FileFrames(TinyFrames):
-    """TinyFrames read from a file: what gives LiftData a cache on disk."""
+    """TinyFrames read from a file (agents.fbc.FramesOnDisk): what gives LiftData a cache on
+    disk."""
 
     def __init__(self, path: Path, cams=CAMS, content: bytes = b"tiny lift") -> None:
         super().__init__(n=6)
         path.write_bytes(content)
         self.path = path
         self.filter_key = None
+        self.demos = ["demo_0"]
         self.spec = small_spec(image_size=SIDE, cams=cams)
         self.images = {k: self.images[CAMS[i]] for i, k in enumerate(self.spec.image_keys)}
 
@@ -175,3 +177,16 @@ def test_a_full_disk_keeps_the_cache_in_memory_and_leaves_no_file(tmp_path, caps
     out = capsys.readouterr().out
     assert "could not write the frozen-feature cache" in out
     assert "No space left on device" in out and "it is held in memory only" in out
+
+
+def test_lift_data_is_frames_on_disk_and_tiny_frames_are_not(tmp_path):
+    """The contract the disk cache is chosen by, checked on the real data class."""
+    from agents.fbc import FramesOnDisk
+    from envs.lift.dataset import make_data
+    from tests.test_lift_data import write_synthetic
+
+    path = write_synthetic(tmp_path / "d.hdf5", lengths=(6, 5))
+    assert isinstance(make_data(str(path), device=CPU, seed=0, cache_dir=tmp_path,
+                                chunk_length=4), FramesOnDisk)
+    assert isinstance(FileFrames(tmp_path / "lift.hdf5"), FramesOnDisk)
+    assert not isinstance(TinyFrames(n=4), FramesOnDisk)
