@@ -470,3 +470,16 @@ def test_an_unknown_bc_flag_names_the_nearest_in_the_agents_config():
 
     with pytest.raises(ConfigError, match=r"--agent.lr_rate: did you mean --agent.lr\?"):
         train_bc.parse_args(["--agent.lr_rate=1"])
+
+
+def test_an_unknown_precision_or_diverged_mode_is_one_line(tmp_path):
+    import train_ppo
+    from training import report
+    from training.ranges import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown precision 'fp16' \(--precision\); choose "
+                                          r"one of auto, bf16, fp32$"):
+        train_ppo.parse_args(["--precision=fp16"])
+    with pytest.raises(ConfigError, match=r"^unknown diverged 'drop' \(--diverged\); choose one "
+                                          r"of floor, exclude$"):
+        report.main([str(tmp_path), "--diverged=drop"])
