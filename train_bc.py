@@ -26,11 +26,13 @@ import tyro
 from tqdm import tqdm
 
 from agents import agent_name, get_agent
+from agents.ad import CosineSchedule
 from envs.bc_tasks import BCTask, get_bc_task
 from training.cli import parse_config, pop_flag, rename_flags, run_main
 from training.contracts import BCAgent, BCData, Evaluator, HeldOutData, HeldOutScorer
 from training.distributed import LossForward, barrier, data_parallel, mean_metrics
 from training.logger import WandbConfig
+from training.plan import CachesFeatures, Phase, format_plan
 from training.precision import autocast, to_channels_last, with_autocast
 from training.ranges import at_least
 from training.run import Restored, Run
@@ -62,6 +64,10 @@ class TrainBCConfig(Generic[AgentConfigT]):
     eval_episodes: int = 50
     """Evaluation episodes (rollouts; for AD: in-context episodes); 0 = no evaluation at all
     (no evaluator is built: for Lift, no robosuite)."""
+    interim_eval_episodes: int | None = None
+    """Episodes of each evaluation before the last, a cheaper look at progress (the first
+    seeds of the last one's fixed set); the last always runs eval_episodes, the number to
+    report. None = eval_episodes at every evaluation."""
     eval_workers: int = 1
     """Evaluation environments run in this many worker processes (where the task supports it)."""
     eval_goals: Literal["valid", "test", "valid+test"] | None = None
@@ -95,8 +101,17 @@ class TrainBCConfig(Generic[AgentConfigT]):
         at_least("batch_size", self.batch_size, 1)
         for name in ("offline_steps", "eval_interval", "eval_episodes", "eval_workers"):
             at_least(name, getattr(self, name), 0)
+        if self.interim_eval_episodes is not None:
+            at_least("interim_eval_episodes", self.interim_eval_episodes, 1)
         if self.eval_seeds is not None:
             at_least("eval_seeds", self.eval_seeds, 1)
+        if isinstance(self.agent, CosineSchedule) and (
+                0 < self.agent.lr_decay_steps < self.offline_steps):
+            raise ValueError(
+                f"--agent.lr_decay_steps={self.agent.lr_decay_steps} ends the cosine schedule "
+                f"before --offline_steps={self.offline_steps}: the updates after it would run "
+                f"at learning rate 0; set --agent.lr_decay_steps={self.offline_steps} (or 0 "
+                f"for a constant rate)")
         if self.cameras == () and self.lowdim_keys == ():
             raise ValueError("--cameras and --lowdim_keys are both empty: the policy would "
                              "see nothing; keep a camera or a low-dim key")
@@ -137,8 +152,11 @@ def parse_args(argv: list[str] | None = None) -> TrainBCConfig:
         run_fields = {f.name for f in dataclasses.fields(RunSettings)}
         defaults = {k: v for k, v in task.defaults.items() if k not in run_fields}
         run = RunSettings(**{k: v for k, v in task.defaults.items() if k in run_fields})
+        known = {f.name for f in dataclasses.fields(agent_config_class)}
+        agent = agent_config_class(**{k: v for k, v in task.agent_defaults.items()
+                                      if k in known})
         default = TrainBCConfig(
-            agent=agent_config_class(), env_name=task.name, agent_name=name, run=run,
+            agent=agent, env_name=task.name, agent_name=name, run=run,
             **defaults
         )
     return parse_config(
@@ -236,6 +254,9 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     eval_options = evaluator_options(cfg, task)
     name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
+        plan = run_plan(cfg, task)
+        if plan is not None and run.is_main and not cfg.run.resume:
+            tqdm.write(plan)
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
         data = load_data(cfg, task, run)
         agent: BCAgent = agent_class(cfg.agent, data.spec, run.device)
@@ -261,14 +282,17 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
                 **eval_options,
             )
 
-        def evaluate(step: int) -> dict[str, float]:
+        def evaluate(step: int, last: bool) -> dict[str, float]:
             if valid is not None:  # the held-out loss, logged apart from the returned metrics
                 with autocast(run.device, run.bf16):
                     logger.log(agent.valid_metrics(valid), step=step)
             if evaluator is None:
                 return {}
+            episodes = cfg.eval_episodes
+            if not last and cfg.interim_eval_episodes is not None:
+                episodes = min(episodes, cfg.interim_eval_episodes)
             with autocast(run.device, run.bf16):
-                result = run.evaluate(step, lambda: evaluator.run(agent, cfg.eval_episodes))
+                result = run.evaluate(step, lambda: evaluator.run(agent, episodes))
             logger.log(result.metrics, step=step)
             if result.video is not None:
                 logger.log_video("eval/video", result.video, step=step)
@@ -279,13 +303,57 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
         try:
             metrics = fit(cfg, run, agent, data, loss_fn, sampler, shard, start_step, evaluate)
             if start_step >= cfg.offline_steps:  # resumed a run whose training had ended
-                metrics = evaluate(start_step)
+                metrics = evaluate(start_step, last=True)
         finally:
             if evaluator is not None:
                 evaluator.close()
         if run.is_main:
             (run.dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def run_plan(cfg: TrainBCConfig, task: BCTask) -> str | None:
+    """The phases this run goes through, each estimated from the task's reference times
+    (training/plan.py); None for a task without them."""
+    ref = task.phase_times
+    if ref is None:
+        return None
+    like_reference = all(_setting(cfg.agent, path) == value for path, value in ref.agent)
+    default_data = cfg.dataset is None
+    phases = []
+    if default_data:
+        phases.append(Phase("data", ref.data_work, ref.data,
+                            f"first use only (then read from {cfg.cache_dir})"))
+    caches = isinstance(cfg.agent, CachesFeatures) and cfg.agent.uses_feature_cache
+    if caches and cfg.cameras != ():
+        estimate = ref.cache if like_reference and default_data and ref.cache else None
+        phases.append(Phase("feature cache", ref.cache_work or "frozen features of every frame",
+                            estimate, "until it is on disk beside the data"))
+    steps = f"{cfg.offline_steps:,} steps x batch {cfg.batch_size}"
+    if like_reference:
+        seconds = ref.step * cfg.offline_steps * cfg.batch_size / ref.batch_size
+        phases.append(Phase("training", steps, seconds))
+    else:
+        measured = ", ".join(f"{path}={value}" for path, value in ref.agent)
+        phases.append(Phase("training", f"{steps} (measured for {measured} only)", None))
+    if cfg.eval_episodes:
+        # Evaluations at every multiple of eval_interval before the end, then the last.
+        before = (cfg.offline_steps - 1) // cfg.eval_interval if cfg.eval_interval else 0
+        interim = min(cfg.eval_episodes, cfg.interim_eval_episodes or cfg.eval_episodes)
+        episodes = before * interim + cfg.eval_episodes
+        work = (f"{before} x {interim} + {cfg.eval_episodes} episodes" if before
+                else f"{cfg.eval_episodes} episodes")
+        seconds = episodes * ref.episode * ref.eval_workers / max(cfg.eval_workers, 1)
+        phases.append(Phase("evaluations", f"{work}, {max(cfg.eval_workers, 1)} worker(s)",
+                            seconds))
+    return format_plan(phases, ref.machine)
+
+
+def _setting(config: object, path: str) -> object:
+    """A config's value at a dotted path (e.g. "encoder_config.freeze_mode")."""
+    for name in path.split("."):
+        config = getattr(config, name, None)
+    return config
 
 
 def held_out(agent: BCAgent, data: BCData | HeldOutData, run: Run) -> BCData | None:
@@ -336,7 +404,7 @@ def fit(cfg: TrainBCConfig, run: Run, agent, data, loss_fn, sampler: torch.Gener
             if saving or stopping:
                 run.save(step, shared={"sampler": sampler.get_state()})
             if evaluating:
-                metrics = evaluate(step)
+                metrics = evaluate(step, last)
                 progress.set_postfix(_postfix({}, metrics), refresh=False)
             if stopping:
                 run.stopped(stop, step)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +257,14 @@ def sample_actions(logits: torch.Tensor, temperature: float,
     u = torch.rand(logits.shape, device=logits.device, generator=generator)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
     return (logits / temperature + gumbel).argmax(-1)
+
+
+@runtime_checkable
+class CosineSchedule(Protocol):
+    """An agent config whose learning rate follows cosine_factor (train_bc checks that the
+    schedule does not end before the training does)."""
+
+    lr_decay_steps: int
 
 
 def cosine_factor(step: int, decay_steps: int) -> float:

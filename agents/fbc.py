@@ -868,11 +868,11 @@ class FBCAgent(nn.Module):
 
     @torch.no_grad()
     def frozen_features(
-        self, data: ImageFrames, grid: CropGrid | None = None
+        self, data: ImageFrames, grid: CropGrid | None = None, frames: str = "training"
     ) -> dict[str, torch.Tensor]:
         """Every frame's frozen-part output per camera, batched on the device, in data order:
         N x ... (eval mode: the centre crop, with crops on), or N x K x ... for the crops of
-        `grid`.
+        `grid`. `frames` names them on the progress bar (training or held-out).
 
         Stored in the dtype the frozen part computes in: bf16 when built under bf16 autocast
         (train_bc builds it in the run's precision). That is exactly what the live frozen
@@ -888,7 +888,9 @@ class FBCAgent(nn.Module):
         channels_last = dict.fromkeys(enc.image_keys, False)
         bs = self.cfg.cache_batch_size
         starts = range(0, data.num_samples, bs)
-        bar = tqdm(starts, desc="embedding frames (frozen encoder)", unit="batch")
+        # Named by what it embeds: the training frames and the held-out ones are two bars.
+        what = f"{frames} frames" + (f" x {grid.count} crops" if grid is not None else "")
+        bar = tqdm(starts, desc=f"caching frozen features: {what}", unit="batch")
         try:
             for start in bar:
                 idx = torch.arange(start, min(start + bs, data.num_samples), device=data.device)
@@ -930,14 +932,15 @@ class FBCAgent(nn.Module):
         if not self.cfg.uses_feature_cache or not self.policy.encoder.image_keys:
             return data  # nothing frozen to run, or no camera to run it on
         grid = None if held_out else self.crop_grid
+        frames = "held-out" if held_out else "training"
         key = self._feature_cache_key(data, grid)
         if key is None:  # data that is no file: kept in memory only
-            return CachedFeatureData(data, self.frozen_features(data, grid), grid)
+            return CachedFeatureData(data, self.frozen_features(data, grid, frames), grid)
         path = disk_cache.cache_path(Path(data.path), key)
         cameras = self.policy.encoder.image_keys
         features = disk_cache.load(path, key, self.device, cameras, data.num_samples)
         if features is None:
-            features = self.frozen_features(data, grid)
+            features = self.frozen_features(data, grid, frames)
             disk_cache.save(path, key, features)
         return CachedFeatureData(data, features, grid)
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -65,6 +66,9 @@ class PretrainConfig:
     """Share held out (lift: of the demos; durotaxis: of the frames, from other env seeds)."""
     device: str = "auto"
     """auto | cpu | cuda."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """bf16 autocast with a channels-last body where the device computes bf16 natively
+    (auto), as the training entries do; the loss and Adam's state stay fp32."""
     seed: int = 0
     """Seed of the init, the batches, the demo split and the Durotaxis rollouts."""
     threads: int = 0
@@ -209,6 +213,7 @@ def evaluate(
     std: torch.Tensor,
     groups: dict[str, list[int]],
     batch_size: int,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Held-out MSE per group (standardised units) and their mean, in eval mode."""
     encoder.eval()
@@ -216,7 +221,9 @@ def evaluate(
     for start in range(0, len(data), batch_size):
         images = data.images[start : start + batch_size].float() / 255.0
         target = (data.targets[start : start + batch_size] - mean) / std
-        squared += ((head(encoder(images)) - target) ** 2).sum(0)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = head(encoder(images)).float()
+        squared += ((pred - target) ** 2).sum(0)
     per_column = squared / len(data)
     out = {name: float(per_column[cols].mean()) for name, cols in groups.items()}
     out["mean"] = sum(out.values()) / len(groups)
@@ -224,9 +231,12 @@ def evaluate(
 
 
 def pretrain(
-    cfg: PretrainConfig, data: PretrainData, device: torch.device
+    cfg: PretrainConfig, data: PretrainData, device: torch.device, bf16: bool = False
 ) -> tuple[ResNetEncoder, dict]:
-    """Train a body + linear head on data.train; held-out losses before and after."""
+    """Train a body + linear head on data.train; held-out losses before and after.
+
+    bf16: the body and head compute under bf16 autocast (channels-last); the loss is
+    taken in fp32 from their outputs, and the weights and Adam's state stay fp32."""
     torch.manual_seed(cfg.seed)
     enc_cfg = EncoderConfig(arch=cfg.arch, weights=cfg.weights, input_adapter=data.input_adapter)
     encoder = ResNetEncoder(enc_cfg, data.in_channels)
@@ -235,12 +245,15 @@ def pretrain(
     nn.init.zeros_(head.weight)  # starts at the training mean: "before" is that baseline
     nn.init.zeros_(head.bias)
     encoder, head = encoder.to(device), head.to(device)
+    if bf16:
+        encoder.to(memory_format=torch.channels_last)
     train, held_out = data.train.to(device), data.held_out.to(device)
     mean = train.targets.mean(0)
     std = train.targets.std(0).clamp(min=1e-6)
 
     def held_out_mse() -> dict[str, float]:
-        return evaluate(encoder, head, held_out, mean, std, data.groups, cfg.eval_batch_size)
+        return evaluate(encoder, head, held_out, mean, std, data.groups, cfg.eval_batch_size,
+                        bf16)
 
     before = held_out_mse()
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=cfg.lr)
@@ -252,7 +265,9 @@ def pretrain(
         idx = torch.randint(len(train), (cfg.batch_size,), generator=generator).to(device)
         images = train.images[idx].float() / 255.0
         target = (train.targets[idx] - mean) / std
-        losses = group_mse(head(encoder(images)), target, data.groups)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = head(encoder(images)).float()
+        losses = group_mse(pred, target, data.groups)
         loss = torch.stack(list(losses.values())).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -345,11 +360,16 @@ def run(cfg: PretrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     from training.device import resolve_device  # lazy: encoders/ imports no training/
+    from training.precision import describe_precision, resolve_precision, unit_map_hazard
 
     device = resolve_device(cfg.device)
     data = cfg.load_data(device)
     print(data.description)
-    encoder, result = pretrain(cfg, data, device)
+    # Every stage trains: a body whose last stage sees a 1 x 1 map stays fp32 on the CPU.
+    hazard = unit_map_hazard(data.image_size, True)
+    precision = resolve_precision(cfg.precision, device, hazard)
+    print(describe_precision(cfg.precision, precision, device, hazard))
+    encoder, result = pretrain(cfg, data, device, bf16=precision == "bf16")
     before, after = result["held_out_mse"]["before"], result["held_out_mse"]["after"]
     print(
         f"held-out MSE (standardised; 1 = predicting the training mean) before: {_format(before)}"
@@ -372,6 +392,7 @@ def run(cfg: PretrainConfig) -> dict:
         "data": data.source,
         "config": asdict(cfg),
         "device": str(device),
+        "precision": precision,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_with": f"weights={out}",

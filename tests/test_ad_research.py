@@ -255,7 +255,8 @@ def test_same_information_ad_sees_the_decoder_and_the_compressed_episodes_raw(hi
     assert control.context_episodes == 1 + 2 * 3
     assert (control.n_layer, control.d_model, control.lr, control.lr_decay_steps) == (
         3, 32, 1e-3, 50)
-    parsed = train_bc.parse_args(["--env_name=darkroom", *same_information_ad_flags(cfg)])
+    parsed = train_bc.parse_args(["--env_name=darkroom", "--offline_steps=50",
+                                  *same_information_ad_flags(cfg)])
     assert parsed.agent_name == "ad" and parsed.agent == control
     # The control's raw window covers the episodes compressed AD sees (raw + compressed).
     cad, ad = data_for(cfg, histories), data_for(control, histories)

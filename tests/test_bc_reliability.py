@@ -567,7 +567,7 @@ def test_a_frozen_encoder_with_random_crops_caches_the_crops(lift_file, tmp_path
         "--offline_steps=1",
         f"--output_dir={out}",
     )
-    assert "embedding frames" in capsys.readouterr().err
+    assert "caching frozen features: training frames x 9 crops" in capsys.readouterr().err
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert [g["name"] for g in ckpt["optimizer"]["param_groups"]] == ["heads"]
 
@@ -722,7 +722,8 @@ def test_stage1_encoder_checkpoint_with_pickled_code_is_refused(
     message = cli_error(
         monkeypatch,
         capsys,
-        *ad_args(histories, "--agent=compressed_ad", f"--agent.encoder_checkpoint={evil}"),
+        *ad_args(histories, "--agent=compressed_ad", f"--agent.encoder_checkpoint={evil}",
+                 "--offline_steps=6"),
         f"--output_dir={tmp_path / 'run'}",
     )
     assert f"refusing to load {evil}: not a tensors-only checkpoint" in message
@@ -736,7 +737,8 @@ def test_histories_with_an_object_array_are_refused(histories, tmp_path, monkeyp
         arrays = {k: good[k] for k in good.files}
     np.savez(evil, **{**arrays, "obs": np.array([CreatesFile(marker)], dtype=object)})
     message = cli_error(
-        monkeypatch, capsys, *AD, f"--dataset={evil}", f"--output_dir={tmp_path / 'run'}"
+        monkeypatch, capsys, *AD, "--offline_steps=6", f"--dataset={evil}",
+        f"--output_dir={tmp_path / 'run'}"
     )
     assert "is not a readable .npz file (ValueError: Object arrays cannot be loaded" in message
     assert not marker.exists()

@@ -15,6 +15,7 @@ from tests.toy_bc import ToyAgent, ToyConfig
 from training.checkpoint import load_checkpoint
 from training.cli import run_main
 from training.guards import StopRequested
+from training.plan import PhaseTimes
 from training.ranges import ConfigError
 from training.run_outcome import EXIT_STOPPED, read_outcome
 
@@ -310,3 +311,99 @@ def test_a_stop_before_a_resumed_run_reads_its_checkpoint_keeps_it(tmp_path, mon
     assert line == (f"SIGTERM before the run went on; {out / 'checkpoints' / 'last.pt'} is as "
                     f"it was; continue with --output_dir={out} --resume=True")
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_interim_evaluations_run_fewer_episodes_and_the_last_runs_all(tmp_path, monkeypatch):
+    asked = []
+    run_episodes = toy_bc.ToyEvaluator.run
+
+    def counting(self, agent, num_episodes):
+        asked.append(num_episodes)
+        return run_episodes(self, agent, num_episodes)
+
+    monkeypatch.setattr(toy_bc.ToyEvaluator, "run", counting)
+    run(tmp_path, "--offline_steps=6", "--eval_interval=2", "--eval_episodes=7",
+        "--interim_eval_episodes=3", f"--output_dir={tmp_path / 'run'}")
+    assert asked == [3, 3, 7]  # steps 2 and 4, then the last at 6
+    asked.clear()
+    run(tmp_path, "--offline_steps=4", "--eval_interval=2", "--eval_episodes=7",
+        f"--output_dir={tmp_path / 'all'}")
+    assert asked == [7, 7]  # None: every evaluation runs eval_episodes
+
+
+def test_task_agent_defaults_apply_to_agents_that_have_the_field(monkeypatch):
+    task = bc_tasks.BCTask("toy-lr", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator",
+                           "toy", agent_defaults={"freeze_encoder": True, "no_such": 1})
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "toy-lr", task)
+    assert train_bc.parse_args(["--env_name=toy-lr"]).agent.freeze_encoder is True
+    flagged = train_bc.parse_args(["--env_name=toy-lr", "--agent.freeze_encoder=False"])
+    assert flagged.agent.freeze_encoder is False  # a flag beats the task's default
+
+
+def test_darkroom_quickstart_is_the_context_studys_budget():
+    cfg = train_bc.parse_args(["--env_name=darkroom"])
+    assert (cfg.offline_steps, cfg.batch_size, cfg.eval_interval, cfg.eval_episodes) == (
+        1000, 64, 500, 200)
+    assert (cfg.agent.lr, cfg.agent.lr_decay_steps, cfg.agent.context_episodes) == (
+        1e-3, 1000, 8)
+    hard = train_bc.parse_args(["--env_name=darkroom-hard"])  # keeps the paper's budget
+    assert (hard.offline_steps, hard.batch_size, hard.agent.lr) == (20_000, 128, 3e-4)
+
+
+def test_a_cosine_schedule_that_ends_before_training_is_refused_at_start():
+    with pytest.raises(ConfigError, match=r"--agent.lr_decay_steps=1000 ends the cosine "
+                       r"schedule before --offline_steps=20000: .* set "
+                       r"--agent.lr_decay_steps=20000 \(or 0 for a constant rate\)"):
+        train_bc.parse_args(["--env_name=darkroom", "--offline_steps=20000"])
+    full = train_bc.parse_args(["--env_name=darkroom", "--offline_steps=20000",
+                                "--agent.lr_decay_steps=20000"])
+    assert full.agent.lr_decay_steps == 20_000
+
+
+TIMES = PhaseTimes(machine="a test machine", data=120.0, data_work="toy data", step=0.01,
+                   batch_size=16, episode=2.0, eval_workers=2,
+                   agent=(("freeze_encoder", False),))
+
+
+def test_the_plan_scales_the_reference_times_by_the_runs_sizes(monkeypatch):
+    task = bc_tasks.BCTask("toy-plan", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator",
+                           "toy", phase_times=TIMES)
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "toy-plan", task)
+    cfg = train_bc.parse_args(["--env_name=toy-plan", "--offline_steps=6000", "--batch_size=32",
+                               "--eval_interval=2000", "--eval_episodes=10",
+                               "--interim_eval_episodes=4", "--eval_workers=1"])
+    lines = train_bc.run_plan(cfg, task).splitlines()
+    assert lines[0] == "plan (estimates from a test machine; your machine may differ):"
+    # data 120 s; training 6000 x 0.01 x 32/16 = 120 s; evaluations (2 x 4 + 10) x 2 s x 2/1
+    assert lines[1].split() == ["data", "~2", "min", "toy", "data,", "first", "use", "only",
+                                "(then", "read", "from", "~/.cache/rlenc)"]
+    assert lines[2].split()[:3] == ["training", "~2", "min"]
+    assert lines[3].split()[:3] == ["evaluations", "~72", "s"]
+    assert "2 x 4 + 10 episodes, 1 worker(s)" in lines[3]
+    assert lines[4].split() == ["total", "~5", "min"]  # 312 s
+
+
+def test_the_plan_does_not_guess_what_the_reference_did_not_measure(monkeypatch):
+    task = bc_tasks.BCTask("toy-plan", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator",
+                           "toy", phase_times=TIMES)
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "toy-plan", task)
+    cfg = train_bc.parse_args(["--env_name=toy-plan", "--agent.freeze_encoder=True",
+                               "--dataset=mine.h5", "--eval_episodes=0"])
+    lines = train_bc.run_plan(cfg, task).splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["training", "total"]  # no data to make
+    assert lines[1].split()[1] == "?" and "measured for freeze_encoder=False only" in lines[1]
+    assert lines[2].endswith("(+ 1 phase not estimated)")
+
+
+def test_a_run_prints_its_plan_first_and_a_resumed_one_does_not(tmp_path, monkeypatch, capsys):
+    task = bc_tasks.BCTask("toy-plan", "tests.toy_bc:make_data", "tests.toy_bc:make_evaluator",
+                           "toy", defaults={"batch_size": 16}, phase_times=TIMES)
+    monkeypatch.setitem(bc_tasks.BC_TASKS, "toy-plan", task)
+    out = tmp_path / "run"
+    args = ["--env_name=toy-plan", "--device=cpu", "--wandb.mode=disabled", "--offline_steps=2",
+            f"--output_dir={out}"]
+    train_bc.train(train_bc.parse_args(args))
+    assert "plan (estimates from a test machine" in capsys.readouterr().out
+    train_bc.train(train_bc.parse_args([*args[:-2], "--offline_steps=4", f"--output_dir={out}",
+                                        "--resume=True"]))
+    assert "plan (" not in capsys.readouterr().out

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from envs.lift.dataset import LiftSpec, process_obs
 from envs.lift.env import evaluation_seeds
@@ -159,8 +160,10 @@ class LiftEvaluator:
         num_workers: int,
         video_dir: Path | None,
         horizon: int | None = None,
+        progress: bool = True,
     ) -> None:
         self.device = device
+        self.progress = progress  # a bar over each evaluation's episodes
         # The training seed; evaluation episodes do not depend on it (fixed seeds).
         self.seed = seed
         self.last_episodes: list[dict] = []
@@ -242,6 +245,9 @@ class LiftEvaluator:
         StopRequested: the evaluation in progress is dropped.
         """
         self.episodes_ended = 0
+        # Below the training bar, gone when done: the metrics are logged, not the bar.
+        self.bar = tqdm(total=num_episodes, desc="evaluating: robosuite rollouts",
+                        unit="episode", leave=False, disable=not self.progress)
         try:
             self._start()
             return self._rollouts(agent, num_episodes)
@@ -250,6 +256,8 @@ class LiftEvaluator:
             kept = (f"the evaluation in progress is dropped ({self.episodes_ended} of "
                     f"{num_episodes} episodes had ended)")
             raise StopRequested.keeping(stop, kept) from None
+        finally:
+            self.bar.close()
 
     def _rollouts(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
         t0 = time.perf_counter()
@@ -292,6 +300,7 @@ class LiftEvaluator:
                 }
                 steps += info["length"]
                 self.episodes_ended += 1
+                self.bar.update(1)
                 if "frames" in info:
                     video = self._write_video(info["frames"])
                 del active[w]
