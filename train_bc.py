@@ -328,7 +328,7 @@ def run_plan(cfg: TrainBCConfig, task: BCTask) -> str | None:
     if caches and cfg.cameras != ():
         estimate = ref.cache if like_reference and default_data and ref.cache else None
         phases.append(Phase("feature cache", ref.cache_work or "frozen features of every frame",
-                            estimate, "until it is on disk beside the data"))
+                            estimate, "first use only (then read from beside the data)"))
     steps = f"{cfg.offline_steps:,} steps x batch {cfg.batch_size}"
     if like_reference:
         seconds = ref.step * cfg.offline_steps * cfg.batch_size / ref.batch_size

@@ -61,7 +61,8 @@ class Phase:
     seconds: float | None
     """The estimate; None: not estimated (the reference does not cover it)."""
     condition: str = ""
-    """When the phase runs, if not always (e.g. "first use only")."""
+    """When the phase runs, if not always: "first use only (...)" for one whose output a
+    later run finds on disk."""
 
 
 def format_plan(phases: Sequence[Phase], machine: str) -> str:
@@ -74,8 +75,15 @@ def format_plan(phases: Sequence[Phase], machine: str) -> str:
     known = [p.seconds for p in phases if p.seconds is not None]
     unknown = len(phases) - len(known)
     total = f"  {'total':<{width}}  {_duration(sum(known)):>9}"
+    notes = []
+    if any(p.condition and p.seconds is not None for p in phases):
+        # A second run skips what the first left on disk: say what that run costs too.
+        always = sum(p.seconds for p in phases if p.seconds is not None and not p.condition)
+        notes.append(f"{_duration(always)} once the first-use phases are on disk")
     if unknown:
-        total += f"  (+ {unknown} phase{'s' if unknown > 1 else ''} not estimated)"
+        notes.append(f"+ {unknown} phase{'s' if unknown > 1 else ''} not estimated")
+    if notes:
+        total += f"  ({'; '.join(notes)})"
     lines.append(total)
     return "\n".join(lines)
 
