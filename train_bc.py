@@ -253,7 +253,8 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     data_options(cfg, task)
     eval_options = evaluator_options(cfg, task)
     name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
-    with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc") as run:
+    with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc",
+             cpu_bf16_slower=task.cpu_bf16_slower) as run:
         plan = run_plan(cfg, task)
         if plan is not None and run.is_main and not cfg.run.resume:
             tqdm.write(plan)

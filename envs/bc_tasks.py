@@ -41,6 +41,9 @@ class BCTask:
     phase_times: PhaseTimes | None = None
     """What each phase of the task's default command took on a named machine, scaled into
     the plan a run prints at its start (training/plan.py); None: no plan printed."""
+    cpu_bf16_slower: str | None = None
+    """Why --precision=auto runs fp32 on a CPU for this task although the CPU computes bf16
+    natively (its agents gain nothing from bf16 there); None: auto as everywhere."""
     agent_defaults: dict = field(default_factory=dict)
     """Agent settings that suit this task (e.g. Dark Room's CPU-sized learning rate), each
     applied to the agents that have it; the agent's own defaults otherwise."""
@@ -103,6 +106,9 @@ _DARKROOM_CPU_DEFAULTS = {
     "save_interval": 500,
 }
 _DARKROOM_CPU_AGENT = {"lr": 1e-3, "lr_decay_steps": 1_000}
+# AD's transformer is small (64-dim): on the AMD EPYC's CPU bf16's casts cost more than its
+# matmuls save (the quickstart: 2.03 updates/s in bf16 against 2.73 in fp32).
+_DARKROOM_CPU_BF16 = "AD's 64-dim transformer trains slower in bf16 on a CPU"
 _DARKROOM_DATA = "envs.darkroom.dataset:make_data"
 _DARKROOM_EVALUATOR = "envs.darkroom.evaluation:make_evaluator"
 # The data windows are sized by the agent's context and compressed prefix (in episodes).
@@ -113,13 +119,15 @@ register_bc_task(BCTask("darkroom", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                         data_options={"env": "darkroom"},
                         evaluator_options={"env": "darkroom", "goals": "test"},
                         agent_fields=_DARKROOM_AGENT_FIELDS,
-                        agent_defaults=dict(_DARKROOM_CPU_AGENT)))
+                        agent_defaults=dict(_DARKROOM_CPU_AGENT),
+                        cpu_bf16_slower=_DARKROOM_CPU_BF16))
 for _env, _episodes in (("darkroom-hard", 100), ("dark-key-to-door", 60)):
     register_bc_task(BCTask(_env, _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                             {**_DARKROOM_DEFAULTS, "eval_episodes": _episodes},
                             data_options={"env": _env},
                             evaluator_options={"env": _env, "goals": "test"},
-                            agent_fields=_DARKROOM_AGENT_FIELDS))
+                            agent_fields=_DARKROOM_AGENT_FIELDS,
+                            cpu_bf16_slower=_DARKROOM_CPU_BF16))
 
 # ---- Lift: flow-matching BC on robomimic camera demos (envs/lift/)
 # Horizons are robomimic's (ph 400, mh 500). lift-ph/mh-image need --dataset: the real

@@ -9,6 +9,7 @@ import torch
 import train_bc
 import train_ppo
 from agents.fbc import FBCAgent
+from envs.bc_tasks import get_bc_task
 from envs.lift.dataset import make_data
 from tests.test_fbc import small_cfg
 from tests.test_lift_data import write_synthetic
@@ -139,3 +140,29 @@ def test_a_trained_last_stage_on_a_unit_map_runs_in_fp32(tmp_path, capsys):
     # All frozen, or larger images: nothing in bf16's way.
     assert unit_map_hazard(16, trains_last_stage=False) is None
     assert unit_map_hazard(32, trains_last_stage=True) is None
+
+
+def test_auto_keeps_fp32_on_a_cpu_where_the_model_is_slower_in_bf16(monkeypatch):
+    """Dark Room's AD: a native-bf16 CPU still runs fp32 under auto and says why; a bf16 GPU
+    runs bf16; an explicit bf16 runs as asked."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: True)
+    slower = get_bc_task("darkroom").cpu_bf16_slower
+    assert slower is not None and get_bc_task("lift-scripted-image").cpu_bf16_slower is None
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu, cpu_bf16_slower=slower) == "fp32"
+    assert describe_precision("auto", "fp32", cpu, cpu_bf16_slower=slower) == (
+        f"precision: fp32 (auto: {slower})")
+    assert resolve_precision("auto", cuda, cpu_bf16_slower=slower) == "bf16"
+    assert resolve_precision("bf16", cpu, cpu_bf16_slower=slower) == "bf16"
+
+
+def test_a_dark_room_run_says_auto_chose_fp32(histories, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    out = tmp_path / "ad"
+    train_bc.main(["--env_name=darkroom", f"--dataset={histories}", "--agent.d_model=32",
+                   "--agent.n_layer=1", "--agent.n_head=2", "--offline_steps=2",
+                   "--batch_size=4", "--eval_episodes=0", "--device=cpu",
+                   "--wandb.mode=disabled", f"--output_dir={out}"])
+    assert "precision: fp32 (auto: AD's 64-dim transformer" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["resolved_precision"] == "fp32"

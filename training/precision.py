@@ -36,11 +36,14 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(asked: PrecisionChoice, device: torch.device,
-                      bf16_hazard: str | None = None) -> Precision:
+                      bf16_hazard: str | None = None,
+                      cpu_bf16_slower: str | None = None) -> Precision:
     """`auto` as this device runs it; `bf16` and `fp32` as asked.
 
     `bf16_hazard` says why this run must not train in bf16 (auto then picks fp32, and an
-    explicit bf16 is refused in one line).
+    explicit bf16 is refused in one line). `cpu_bf16_slower` says why this model runs
+    slower in bf16 on a CPU, native bf16 or not (auto then picks fp32 on a CPU; an explicit
+    bf16 runs as asked).
     """
     if bf16_hazard is not None:
         if asked == "bf16":
@@ -48,6 +51,8 @@ def resolve_precision(asked: PrecisionChoice, device: torch.device,
                               f"auto, which picks fp32 for this run)")
         return "fp32"
     if asked == "auto":
+        if device.type == "cpu" and cpu_bf16_slower is not None:
+            return "fp32"
         return "bf16" if native_bf16(device) else "fp32"
     return asked
 
@@ -67,10 +72,13 @@ def unit_map_hazard(image_size: int, trains_last_stage: bool) -> str | None:
 
 
 def describe_precision(asked: PrecisionChoice, resolved: Precision, device: torch.device,
-                       bf16_hazard: str | None = None) -> str:
+                       bf16_hazard: str | None = None,
+                       cpu_bf16_slower: str | None = None) -> str:
     """The line a run prints at start: what it runs at and why."""
     if bf16_hazard is not None and asked == "auto":
         return f"precision: fp32 (auto: {bf16_hazard})"
+    if cpu_bf16_slower is not None and asked == "auto" and device.type == "cpu":
+        return f"precision: fp32 (auto: {cpu_bf16_slower})"
     if asked != "auto":
         note = "" if resolved == "fp32" or native_bf16(device) else (
             " (this device has no native bf16: emulated, likely slower than fp32)")

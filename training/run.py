@@ -161,16 +161,18 @@ class Run:
         entry: str,
         inputs: Iterable[str | Path | None] = (),
         bf16_hazard: str | None = None,
+        cpu_bf16_slower: str | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.wandb = wandb
         self.entry = entry
         self.world, self.device = init_world(resolve_device(settings.device))
-        self.precision = resolve_precision(settings.precision, self.device, bf16_hazard)
+        self.precision = resolve_precision(settings.precision, self.device, bf16_hazard,
+                                           cpu_bf16_slower)
         if self.world.is_main:
             tqdm.write(describe_precision(settings.precision, self.precision, self.device,
-                                          bf16_hazard))
+                                          bf16_hazard, cpu_bf16_slower))
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
         seed_everything(settings.seed)  # the same initial weights on every rank
