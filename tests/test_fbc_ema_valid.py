@@ -333,3 +333,32 @@ def test_no_valid_mask_is_one_note_and_no_valid_loss(tmp_path, split_task, capsy
              if "no validation loss" in line]
     assert notes == [f"no validation loss: {path} has no mask/valid"]
     assert "valid/" not in (out / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("replace", ["load_assign", "to_channels_last"])
+def test_the_ema_follows_live_tensors_that_a_load_or_a_move_replaced(replace):
+    """update_parameters keeps the tensor pairs it averages; a load with assign=True or a
+    memory-format move puts new tensors in the live policy, and the EMA must average
+    those, not the old ones it had paired."""
+    torch.manual_seed(0)
+    spec = small_spec()
+    decay = 0.5
+    agent = FBCAgent(small_cfg(freeze_encoder=False, ema_decay=decay), spec, CPU)
+    agent.update(fake_batch(spec, seed=0))  # pairs the tensors
+    if replace == "load_assign":
+        agent.load_state_dict({k: v.clone() for k, v in agent.state_dict().items()},
+                              assign=True)
+    else:
+        agent.to(memory_format=torch.channels_last)
+    # A conv weight (4-d: the one a memory-format move replaces) and a linear one.
+    names = [n for n in agent.ema.averaged if n.endswith("conv1.weight")][:1]
+    names.append("velocity.net.0.weight")
+    live = {n: agent.policy.get_parameter(n) for n in names}  # the live tensors now
+    expected = {n: agent.ema.module.get_buffer(n).clone() for n in names}
+    agent.update(fake_batch(spec, seed=1))
+    k = int(agent.ema.n_averaged) - 1  # this update's n
+    for n in names:
+        expected[n] += (1 - min(decay, k / (k + 9.0))) * (live[n].detach() - expected[n])
+        torch.testing.assert_close(agent.ema.module.get_buffer(n), expected[n], rtol=1e-5,
+                                   atol=1e-6)
+    assert len(names) == 2
