@@ -330,13 +330,13 @@ def run_plan(cfg: TrainBCConfig, task: BCTask) -> str | None:
         estimate = ref.cache if like_reference and default_data and ref.cache else None
         phases.append(Phase("feature cache", ref.cache_work or "frozen features of every frame",
                             estimate, "first use only (then read from beside the data)"))
+    # Training and evaluation take what the agent computes: estimated for the reference's
+    # agent settings only.
+    measured = ", ".join(f"{path}={value}" for path, value in ref.agent)
+    unmeasured = "" if like_reference else f" (measured for {measured} only)"
     steps = f"{cfg.offline_steps:,} steps x batch {cfg.batch_size}"
-    if like_reference:
-        seconds = ref.step * cfg.offline_steps * cfg.batch_size / ref.batch_size
-        phases.append(Phase("training", steps, seconds))
-    else:
-        measured = ", ".join(f"{path}={value}" for path, value in ref.agent)
-        phases.append(Phase("training", f"{steps} (measured for {measured} only)", None))
+    seconds = ref.step * cfg.offline_steps * cfg.batch_size / ref.batch_size
+    phases.append(Phase("training", steps + unmeasured, seconds if like_reference else None))
     if cfg.eval_episodes:
         # Evaluations at every multiple of eval_interval before the end, then the last.
         before = (cfg.offline_steps - 1) // cfg.eval_interval if cfg.eval_interval else 0
@@ -345,8 +345,11 @@ def run_plan(cfg: TrainBCConfig, task: BCTask) -> str | None:
         work = (f"{before} x {interim} + {cfg.eval_episodes} episodes" if before
                 else f"{cfg.eval_episodes} episodes")
         seconds = episodes * ref.episode * ref.eval_workers / max(cfg.eval_workers, 1)
-        phases.append(Phase("evaluations", f"{work}, {max(cfg.eval_workers, 1)} worker(s)",
-                            seconds))
+        workers = max(cfg.eval_workers, 1)
+        if max(workers, ref.eval_workers) > 1:  # a task whose rollouts run in processes
+            work += f", {workers} worker(s)"
+        phases.append(Phase("evaluations", work + unmeasured,
+                            seconds if like_reference else None))
     return format_plan(phases, ref.machine)
 
 

@@ -106,6 +106,13 @@ _DARKROOM_CPU_DEFAULTS = {
     "save_interval": 500,
 }
 _DARKROOM_CPU_AGENT = {"lr": 1e-3, "lr_decay_steps": 1_000}
+# The quickstart's phases on a fresh clone (README's table), scaled into a run's plan.
+_DARKROOM_TIMES = PhaseTimes(
+    machine="the 2-core AMD EPYC VM in fp32, 2 threads, 2026-12-08",
+    data=3.0, data_work="Q-learning histories of the 65 fit goals",
+    step=0.36, batch_size=64, agent=(("context_episodes", 8), ("prefix_episodes", 0)),
+    episode=0.32, eval_workers=1,
+)
 # AD's transformer is small (64-dim): on the AMD EPYC's CPU bf16's casts cost more than its
 # matmuls save (the quickstart: 2.03 updates/s in bf16 against 2.73 in fp32).
 _DARKROOM_CPU_BF16 = "AD's 64-dim transformer trains slower in bf16 on a CPU"
@@ -120,7 +127,7 @@ register_bc_task(BCTask("darkroom", _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                         evaluator_options={"env": "darkroom", "goals": "test"},
                         agent_fields=_DARKROOM_AGENT_FIELDS,
                         agent_defaults=dict(_DARKROOM_CPU_AGENT),
-                        cpu_bf16_slower=_DARKROOM_CPU_BF16))
+                        cpu_bf16_slower=_DARKROOM_CPU_BF16, phase_times=_DARKROOM_TIMES))
 for _env, _episodes in (("darkroom-hard", 100), ("dark-key-to-door", 60)):
     register_bc_task(BCTask(_env, _DARKROOM_DATA, _DARKROOM_EVALUATOR, "ad",
                             {**_DARKROOM_DEFAULTS, "eval_episodes": _episodes},

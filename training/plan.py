@@ -79,7 +79,8 @@ def format_plan(phases: Sequence[Phase], machine: str) -> str:
     if any(p.condition and p.seconds is not None for p in phases):
         # A second run skips what the first left on disk: say what that run costs too.
         always = sum(p.seconds for p in phases if p.seconds is not None and not p.condition)
-        notes.append(f"{_duration(always)} once the first-use phases are on disk")
+        if always and _duration(always) != _duration(sum(known)):
+            notes.append(f"{_duration(always)} once the first-use phases are on disk")
     if unknown:
         notes.append(f"+ {unknown} phase{'s' if unknown > 1 else ''} not estimated")
     if notes:
