@@ -255,8 +255,8 @@ def train(cfg: TrainBCConfig) -> dict[str, float]:
     name = f"{cfg.env_name}_{cfg.agent_name}_s{cfg.run.seed}"
     with Run(cfg.run, cfg, wandb=cfg.wandb, name=name, entry="train_bc",
              cpu_bf16_slower=task.cpu_bf16_slower) as run:
-        plan = run_plan(cfg, task)
-        if plan is not None and run.is_main and not cfg.run.resume:
+        plan = run_plan(cfg, task) if run.is_main and not cfg.run.resume else None
+        if plan is not None:
             tqdm.write(plan)
         shard = run.world.shard(cfg.batch_size)  # --batch_size is the global batch
         data = load_data(cfg, task, run)

@@ -246,20 +246,20 @@ class LiftEvaluator:
         """
         self.episodes_ended = 0
         # Below the training bar, gone when done: the metrics are logged, not the bar.
-        self.bar = tqdm(total=num_episodes, desc="evaluating: robosuite rollouts",
-                        unit="episode", leave=False, disable=not self.progress)
+        bar = tqdm(total=num_episodes, desc="evaluating: robosuite rollouts", unit="episode",
+                   leave=False, disable=not self.progress)
         try:
             self._start()
-            return self._rollouts(agent, num_episodes)
+            return self._rollouts(agent, num_episodes, bar)
         except (StopRequested, KeyboardInterrupt) as stop:
             self._end_workers()
             kept = (f"the evaluation in progress is dropped ({self.episodes_ended} of "
                     f"{num_episodes} episodes had ended)")
             raise StopRequested.keeping(stop, kept) from None
         finally:
-            self.bar.close()
+            bar.close()
 
-    def _rollouts(self, agent: ChunkPolicy, num_episodes: int) -> EvalResult:
+    def _rollouts(self, agent: ChunkPolicy, num_episodes: int, bar: tqdm) -> EvalResult:
         t0 = time.perf_counter()
         seeds = evaluation_seeds(num_episodes)
         record_first = self.video_dir is not None
@@ -300,7 +300,7 @@ class LiftEvaluator:
                 }
                 steps += info["length"]
                 self.episodes_ended += 1
-                self.bar.update(1)
+                bar.update(1)
                 if "frames" in info:
                     video = self._write_video(info["frames"])
                 del active[w]
