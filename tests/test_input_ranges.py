@@ -204,6 +204,10 @@ def test_the_default_durotaxis_settings_are_in_range():
          "--agent.context_episodes=-1 is out of range"),
         (["--env_name=darkroom", "--agent=compressed_ad", "--agent.attention_dropout=-0.1"],
          "--agent.attention_dropout=-0.1 is out of range"),
+        # the run's schedule and evaluations
+        (["--interim_eval_episodes=0"], "--interim_eval_episodes=0 is out of range"),
+        (["--env_name=darkroom", "--offline_steps=2000"],
+         "--agent.lr_decay_steps=1000 ends the cosine schedule before --offline_steps=2000"),
     ],
 )
 def test_bc_agent_settings_out_of_range_are_one_line_and_write_nothing(tmp_path, capsys, flags,

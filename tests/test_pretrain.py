@@ -196,6 +196,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "the first argument is the task" in _exit_line(capsys, ["lfit", out])
     assert "--val_fraction=1.5" in _exit_line(capsys, ["durotaxis", out, "--val_fraction=1.5"])
     assert "does not fit 3-channel" in _exit_line(capsys, ["durotaxis", out, "--channels=3"])
+    assert "--precision" in _exit_line(capsys, ["durotaxis", out, "--precision=fp16"])
     (tmp_path / "x.pt").write_bytes(b"")
     assert "--overwrite=True" in _exit_line(capsys, ["durotaxis", out])
 
